@@ -1,0 +1,114 @@
+"""Triton Inference Server adapter: the Open Inference Protocol over one long-lived channel."""
+
+from __future__ import annotations
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from adapters.base import Backend, BackendModelMetadata, BackendOptions
+from router.errors import (
+    BackendError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    TensorgateError,
+)
+from router.registry import TensorSpec
+
+# Triton status code -> router error; anything else is a BackendError.
+_ERRORS: dict[grpc.StatusCode, type[TensorgateError]] = {
+    grpc.StatusCode.UNAVAILABLE: BackendUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.NOT_FOUND: BackendUnavailable,
+}
+
+
+class TritonBackend(Backend):
+    """A Triton endpoint reached over gRPC; tensors stay raw bytes both ways."""
+
+    kind = "triton"
+
+    def __init__(self, endpoint: str, options: BackendOptions) -> None:
+        super().__init__(endpoint, options)
+        keepalive_ms = int(options.keepalive_s * 1000)
+        self._channel = grpc.aio.insecure_channel(
+            endpoint,
+            options=[
+                ("grpc.max_send_message_length", options.max_message_bytes),
+                ("grpc.max_receive_message_length", options.max_message_bytes),
+                ("grpc.keepalive_time_ms", keepalive_ms),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                # Reconnect quickly after a backend restart (default backoff grows to 120 s).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2_000),
+            ],
+        )
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+
+    def _translate(self, e: grpc.aio.AioRpcError, what: str) -> TensorgateError:
+        """The router error for a failed Triton call (the one place Triton errors map)."""
+        code = e.code()
+        error = _ERRORS.get(code, BackendError)
+        detail = e.details() or code.name
+        if error is InvalidInput:
+            return InvalidInput(detail)
+        if error is DeadlineExceeded:
+            return DeadlineExceeded(f"deadline exceeded waiting for triton {self.endpoint} ({what})")
+        return error(f"triton {self.endpoint} ({what}): {code.name}: {detail}")
+
+    async def infer(
+        self, request: service_pb2.ModelInferRequest, timeout: float | None
+    ) -> service_pb2.ModelInferResponse:
+        """ModelInfer on Triton with the caller's remaining deadline."""
+        try:
+            response: service_pb2.ModelInferResponse = await self._stub.ModelInfer(
+                request, timeout=timeout
+            )
+            return response
+        except grpc.aio.AioRpcError as e:
+            raise self._translate(e, f"infer {request.model_name}") from None
+
+    async def model_metadata(self, model: str, version: str) -> BackendModelMetadata:
+        """ModelMetadata plus max_batch_size from ModelConfig."""
+        timeout = self.options.control_timeout_s
+        try:
+            meta = await self._stub.ModelMetadata(
+                service_pb2.ModelMetadataRequest(name=model, version=version), timeout=timeout
+            )
+            config = await self._stub.ModelConfig(
+                service_pb2.ModelConfigRequest(name=model, version=version), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            raise self._translate(e, f"metadata of {model}") from None
+
+        def specs(items: list[service_pb2.ModelMetadataResponse.TensorMetadata]) -> tuple[
+            TensorSpec, ...
+        ]:
+            return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in items)
+
+        return BackendModelMetadata(
+            inputs=specs(list(meta.inputs)),
+            outputs=specs(list(meta.outputs)),
+            max_batch_size=config.config.max_batch_size,
+            platform=meta.platform,
+        )
+
+    async def model_ready(self, model: str, version: str) -> bool:
+        """ModelReady on Triton; False when Triton cannot be reached."""
+        try:
+            response = await self._stub.ModelReady(
+                service_pb2.ModelReadyRequest(name=model, version=version),
+                timeout=self.options.control_timeout_s,
+            )
+            return bool(response.ready)
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        await self._channel.close()

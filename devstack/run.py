@@ -1,0 +1,114 @@
+"""`make run`: a real Triton with the example models, the router in front of it, until Ctrl-C.
+
+Starts Triton on free loopback ports with examples/triton, registers examples/models.yaml in the
+router's registry (embedded default path), starts `tensorgate serve` on its embedded defaults
+(gRPC 127.0.0.1:8500, metrics 8502), prints how to call it, and stops both on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from devstack.triton import REPO_ROOT, TritonServer, ensure_triton
+
+RUN_DIR = REPO_ROOT / ".cache" / "run"
+ROUTER_ADDRESS = "127.0.0.1:8500"
+
+
+def _wait_router_ready(proc: subprocess.Popen[bytes], address: str, timeout: float = 30) -> None:
+    """Waits until the router answers ServerReady, or raises if it exits first."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the router exited with code {proc.returncode} (see above)")
+            try:
+                if stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1).ready:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.2)
+    raise RuntimeError(f"the router did not become ready on {address} within {timeout:.0f}s")
+
+
+def _write_example_inputs() -> tuple[Path, Path]:
+    """INPUT0/INPUT1 .npy files for `tensorgate infer simple`."""
+    import numpy as np
+
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    a, b = RUN_DIR / "INPUT0.npy", RUN_DIR / "INPUT1.npy"
+    np.save(a, np.arange(16, dtype=np.int32).reshape(1, 16))
+    np.save(b, np.ones((1, 16), dtype=np.int32))
+    return a, b
+
+
+def main() -> int:
+    """Runs the example stack in the foreground until Ctrl-C or SIGTERM."""
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    install = ensure_triton()
+    triton = TritonServer([REPO_ROOT / "examples" / "triton"], install=install,
+                          log_path=RUN_DIR / "triton.log")
+    router: subprocess.Popen[bytes] | None = None
+    try:
+        print(f"starting Triton (log: {triton.log_path}) ...", flush=True)
+        triton.start()
+        print(f"Triton ready on {triton.grpc_address}", flush=True)
+        env = dict(os.environ, TENSORGATE_EXAMPLE_TRITON=triton.grpc_address)
+        tensorgate = [sys.executable, "-m", "router"]
+        subprocess.run([*tensorgate, "models", "register", "examples/models.yaml"],
+                       cwd=REPO_ROOT, env=env, check=True)
+        router = subprocess.Popen([*tensorgate, "serve"], cwd=REPO_ROOT, env=env)
+        _wait_router_ready(router, ROUTER_ADDRESS)
+        a, b = _write_example_inputs()
+        print(f"""
+tensorgate is serving on {ROUTER_ADDRESS} (Open Inference Protocol + tensorgate.v1), metrics on
+http://127.0.0.1:8502/metrics. Try, in another terminal:
+
+  .venv/bin/tensorgate infer simple --tensor INPUT0={a} --tensor INPUT1={b}
+  .venv/bin/tensorgate models list
+  .venv/bin/python examples/simple_client.py          # Triton's own client, via the router
+
+Ctrl-C stops the router and Triton.
+""", flush=True)
+        while not stop:
+            if router.poll() is not None:
+                print(f"the router exited with code {router.returncode}", file=sys.stderr)
+                return 1
+            if not triton.running:
+                print(f"Triton exited; its log: {triton.log_path}\n{triton.log_tail(20)}",
+                      file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print("stopping ...", flush=True)
+        return 0
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        print(f"make run: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if router is not None and router.poll() is None:
+            router.send_signal(signal.SIGTERM)
+            try:
+                router.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                router.kill()
+        triton.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

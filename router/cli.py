@@ -1,0 +1,236 @@
+"""The `tensorgate` command: serve, manage the registry, call a model, show the settings keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from router import config
+from router.errors import TensorgateError
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> config.Settings:
+    """Settings from --config, the environment and the flags given."""
+    if getattr(args, "registry", None):
+        overrides["registry.path"] = args.registry
+    return config.load(args.config, overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Runs the router until SIGTERM or Ctrl-C."""
+    from router import app, logs
+
+    settings = _settings(
+        args,
+        **{
+            "server.host": args.host,
+            "server.grpc_port": args.grpc_port,
+            "server.http_port": args.http_port,
+            "server.metrics_port": args.metrics_port,
+            "log.level": args.log_level,
+        },
+    )
+    logs.setup(settings.log.level)
+    app.serve(settings)
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> Any:
+    from adapters.base import BackendOptions, default_pool
+    from router.admin import RegistryAdmin
+    from router.registry import RegistryStore
+
+    settings = _settings(args)
+    options = BackendOptions(control_timeout_s=settings.backend.control_timeout_s)
+    return RegistryAdmin(RegistryStore(settings.registry.path), default_pool(options))
+
+
+def _record_row(r: Any) -> str:
+    inputs = ", ".join(f"{t.name}:{t.datatype}{list(t.shape)}" for t in r.inputs)
+    outputs = ", ".join(f"{t.name}:{t.datatype}{list(t.shape)}" for t in r.outputs)
+    b = r.backend
+    backend = f"{b.kind}:{b.model or r.name}" + (f":{b.version}" if b.version else "")
+    return (f"{r.name}:{r.version}  {backend} @ {','.join(b.endpoints)}  "
+            f"max_batch_size={r.max_batch_size}\n    in:  {inputs}\n    out: {outputs}")
+
+
+def cmd_models_register(args: argparse.Namespace) -> int:
+    """Registers every model version in a YAML file."""
+    from router.registry import parse_registration
+
+    records = parse_registration(config.load_yaml(args.file), args.file)
+    admin = _admin(args)
+
+    async def run() -> list[Any]:
+        try:
+            return list(await admin.register(records))
+        finally:
+            await admin.backends.close()
+
+    for r in asyncio.run(run()):
+        print(f"registered {_record_row(r)}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """Lists registered model versions."""
+    from google.protobuf import json_format
+
+    records = _admin(args).store.records(args.name or "")
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(r) for r in records], indent=2))
+    elif not records:
+        print("no models registered")
+    for r in records if not args.json else []:
+        print(_record_row(r))
+    return 0
+
+
+def cmd_models_remove(args: argparse.Namespace) -> int:
+    """Removes NAME (every version) or NAME:VERSION."""
+    name, _, version = args.model.partition(":")
+    for r in _admin(args).store.remove(name, version):
+        print(f"removed {r.name}:{r.version}")
+    return 0
+
+
+def _load_tensor(spec: str) -> Any:
+    """NAME=FILE.npy -> a tensorgate.v1.Tensor."""
+    import numpy as np
+    from tensorgate.v1 import tensor_pb2
+
+    from router.tensors import from_numpy
+
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise TensorgateError(f"--tensor {spec!r}: expected NAME=FILE.npy")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise TensorgateError(f"--tensor {name}: cannot read {path} as .npy: {e}") from None
+    datatype, shape, data = from_numpy(array)
+    return tensor_pb2.Tensor(name=name, datatype=datatype, shape=shape, data=data)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Calls a model through tensorgate's Predict API and prints its outputs."""
+    import grpc
+    import numpy as np
+    from tensorgate.v1 import inference_pb2, inference_pb2_grpc
+
+    from router.tensors import to_numpy
+
+    if not args.tensor:
+        raise TensorgateError("give at least one --tensor NAME=FILE.npy")
+    request = inference_pb2.PredictRequest(model=args.model, version=args.version or "")
+    request.items.add().tensors.tensors.extend(_load_tensor(t) for t in args.tensor)
+    request.outputs.extend(args.output or [])
+    options = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
+               ("grpc.max_send_message_length", 256 * 1024 * 1024)]
+    with grpc.insecure_channel(args.address, options=options) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        try:
+            response = stub.Predict(request, timeout=args.timeout)
+        except grpc.RpcError as e:
+            print(f"tensorgate: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    outputs = {
+        t.name: to_numpy(t.datatype, t.shape, t.data) for t in response.results[0].outputs
+    }
+    if args.json:
+        def plain(a: np.ndarray) -> Any:
+            if a.dtype == object:
+                return [x.decode("utf-8", "backslashreplace") for x in a.reshape(-1)]
+            return a.reshape(-1).tolist()
+
+        print(json.dumps({
+            "model": response.model,
+            "version": response.version,
+            "request_id": response.request_id,
+            "outputs": {
+                t.name: {"datatype": t.datatype, "shape": list(t.shape), "data": plain(outputs[t.name])}
+                for t in response.results[0].outputs
+            },
+        }))
+    else:
+        print(f"{response.model}:{response.version} (request id {response.request_id})")
+        for t in response.results[0].outputs:
+            print(f"{t.name} {t.datatype}{list(t.shape)}:\n{np.array2string(outputs[t.name])}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Prints every settings key with its default and environment variable."""
+    for key, default, kind in config.keys():
+        section, _, name = key.partition(".")
+        env = f"{config.ENV_PREFIX}{section.upper()}__{name.upper()}"
+        print(f"{key:32} {kind:6} default {default!r:28} env {env}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="tensorgate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", metavar="FILE", help="settings YAML file")
+        sp.add_argument("--registry", metavar="PATH", help="registry database (registry.path)")
+        return sp
+
+    s = with_config(sub.add_parser("serve", help="run the router until SIGTERM or Ctrl-C"))
+    s.add_argument("--host", help="address to listen on (server.host, default 127.0.0.1)")
+    s.add_argument("--grpc-port", type=int, help="gRPC port (server.grpc_port, default 8500)")
+    s.add_argument("--http-port", type=int,
+                   help="HTTP port (server.http_port, default 8501; the HTTP edge is not served yet)")
+    s.add_argument("--metrics-port", type=int,
+                   help="Prometheus port (server.metrics_port, default 8502)")
+    s.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (log.level)")
+    s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("models", help="manage the model registry").add_subparsers(
+        dest="models_command", required=True
+    )
+    r = with_config(m.add_parser("register", help="register the model versions in a YAML file"))
+    r.add_argument("file", metavar="FILE")
+    r.set_defaults(func=cmd_models_register)
+    ls = with_config(m.add_parser("list", help="list registered model versions"))
+    ls.add_argument("name", nargs="?", help="only this model")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=cmd_models_list)
+    rm = with_config(m.add_parser("remove", help="remove NAME (all versions) or NAME:VERSION"))
+    rm.add_argument("model", metavar="NAME[:VERSION]")
+    rm.set_defaults(func=cmd_models_remove)
+
+    i = sub.add_parser("infer", help="call a model through the router")
+    i.add_argument("model", metavar="MODEL")
+    i.add_argument("--version", help="model version (default: the model's default version)")
+    i.add_argument("--tensor", action="append", metavar="NAME=FILE.npy",
+                   help="an input tensor from a .npy file (repeat for each input)")
+    i.add_argument("--output", action="append", metavar="NAME", help="only these outputs")
+    i.add_argument("--address", default="127.0.0.1:8500", help="router gRPC address")
+    i.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=cmd_infer)
+
+    c = sub.add_parser("config", help="list every settings key, default and env variable")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tensorgate` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (config.ConfigError, TensorgateError) as e:
+        print(f"tensorgate: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, config.ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        print(f"tensorgate: error: {e}", file=sys.stderr)
+        return 1

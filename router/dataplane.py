@@ -1,0 +1,323 @@
+"""The dataplane: every front (gRPC now, HTTP next) calls these methods and nothing else.
+
+One request: resolve (registry) -> validate/normalize tensors -> backend call -> response named
+in tensorgate's terms. Business logic lives here, not in the fronts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from tensorgate.v1 import inference_pb2, tensor_pb2
+from tritonclient.grpc import service_pb2
+
+from adapters.base import Backend, BackendPool
+from router import metrics, tensors
+from router.config import Settings
+from router.errors import BackendUnavailable, InvalidInput, ModelNotFound, Unimplemented
+from router.registry import ModelVersion, Registry
+
+SERVER_NAME = "tensorgate"
+
+
+@dataclass
+class CallLabels:
+    """The model and version a call resolved to, for the front's metrics (bounded labels)."""
+
+    model: str = ""
+    version: str = ""
+
+
+# Set by the dataplane once a call resolves its model; read by the front when the call ends.
+call_labels: ContextVar[CallLabels | None] = ContextVar("call_labels", default=None)
+
+
+class Dataplane:
+    """Resolves, validates and forwards inference calls; answers health and metadata."""
+
+    def __init__(self, settings: Settings, registry: Registry, backends: BackendPool) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.backends = backends
+        self.ready = False
+        self._rr = itertools.count()
+
+    # -- health and metadata -------------------------------------------------------------
+
+    def server_ready(self) -> bool:
+        """True while the router takes calls (started and not draining)."""
+        return self.ready
+
+    def server_metadata(self) -> service_pb2.ServerMetadataResponse:
+        """The router's name, version and protocol extensions."""
+        from router import __version__
+
+        return service_pb2.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=[]
+        )
+
+    def _resolve(self, name: str, version: str) -> ModelVersion:
+        """The model version to serve, recording it for the call's metrics."""
+        mv = self.registry.resolve(name, version)
+        labels = call_labels.get()
+        if labels is not None:
+            labels.model, labels.version = mv.name, mv.version
+        return mv
+
+    def model_metadata(self, name: str, version: str) -> service_pb2.ModelMetadataResponse:
+        """The registered tensor metadata of a model version."""
+        mv = self._resolve(name, version)
+        meta = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=mv.name,
+            versions=self.registry.versions(mv.name),
+            platform=mv.backend_kind,
+            inputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in mv.inputs],
+            outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in mv.outputs],
+        )
+
+    async def model_ready(self, name: str, version: str) -> bool:
+        """True when the version is registered and one of its backend endpoints has it ready."""
+        try:
+            mv = self.registry.resolve(name, version)
+        except ModelNotFound:
+            return False
+        return await self._backend_ready(mv)
+
+    async def _backend_ready(self, mv: ModelVersion) -> bool:
+        results = await asyncio.gather(
+            *(
+                self.backends.get(mv.backend_kind, ep).model_ready(
+                    mv.backend_model, mv.backend_version
+                )
+                for ep in mv.endpoints
+            )
+        )
+        return any(results)
+
+    async def repository_index(self, ready_only: bool) -> service_pb2.RepositoryIndexResponse:
+        """Every routed model version with its backend readiness."""
+        models = self.registry.all()
+        states = await asyncio.gather(*(self._backend_ready(mv) for mv in models))
+        index = service_pb2.RepositoryIndexResponse()
+        for mv, ok in zip(models, states, strict=True):
+            if ready_only and not ok:
+                continue
+            index.models.add(
+                name=mv.name,
+                version=mv.version,
+                state="READY" if ok else "UNAVAILABLE",
+                reason="" if ok else f"backend {mv.backend_kind} model {mv.backend_model} not ready",
+            )
+        return index
+
+    # -- inference -----------------------------------------------------------------------
+
+    def _pick_backend(self, mv: ModelVersion) -> Backend:
+        """The endpoint for this call (round-robin over the binding's endpoints)."""
+        endpoint = mv.endpoints[next(self._rr) % len(mv.endpoints)]
+        return self.backends.get(mv.backend_kind, endpoint)
+
+    def _timeout(self, timeout: float | None) -> float:
+        """The backend call's timeout: the caller's remaining deadline, else the default."""
+        if timeout is None:
+            return self.settings.backend.default_timeout_s
+        return timeout
+
+    async def model_infer(
+        self, request: service_pb2.ModelInferRequest, timeout: float | None
+    ) -> service_pb2.ModelInferResponse:
+        """Open Inference Protocol inference; the request is checked and forwarded in place."""
+        mv = self._resolve(request.model_name, request.model_version)
+        self._check_infer_request(mv, request)
+        request.model_name = mv.backend_model
+        request.model_version = mv.backend_version
+        response = await self._call_backend(mv, request, timeout)
+        response.model_name = mv.name
+        response.model_version = mv.version
+        return response
+
+    async def _call_backend(
+        self, mv: ModelVersion, request: service_pb2.ModelInferRequest, timeout: float | None
+    ) -> service_pb2.ModelInferResponse:
+        backend = self._pick_backend(mv)
+        start = time.perf_counter()
+        try:
+            return await backend.infer(request, self._timeout(timeout))
+        finally:
+            metrics.BACKEND_LATENCY.labels(mv.name, mv.version, mv.backend_kind).observe(
+                time.perf_counter() - start
+            )
+
+    def _check_infer_request(self, mv: ModelVersion, request: service_pb2.ModelInferRequest) -> None:
+        """Checks inputs against the model's metadata; typed contents become raw bytes."""
+        model = f"model {mv.name}:{mv.version}"
+        if not mv.has_metadata:
+            raise BackendUnavailable(f"{model}: tensor metadata unknown; register it again")
+        n = len(request.inputs)
+        if n > self.settings.limits.max_tensors:
+            raise InvalidInput(
+                f"{model}: {n} inputs exceed limits.max_tensors={self.settings.limits.max_tensors}"
+            )
+        raw = request.raw_input_contents
+        if raw and len(raw) != n:
+            raise InvalidInput(f"{model}: raw_input_contents has {len(raw)} entries for {n} inputs")
+        seen: set[str] = set()
+        for i, t in enumerate(request.inputs):
+            spec = mv.input_map.get(t.name)
+            where = f"{model}: input {t.name!r}"
+            if spec is None:
+                expected = ", ".join(s.name for s in mv.inputs)
+                raise InvalidInput(f"{model}: unknown input {t.name!r}; the model takes {expected}")
+            if t.name in seen:
+                raise InvalidInput(f"{where} is given twice")
+            seen.add(t.name)
+            if t.datatype != spec.datatype:
+                raise InvalidInput(
+                    f"{where}: datatype {t.datatype or '(empty)'}, the model expects {spec.datatype}"
+                )
+            self._check_shape(mv, where, spec.shape, t.shape)
+            if raw:
+                if t.HasField("contents"):
+                    raise InvalidInput(f"{where}: both raw_input_contents and typed contents set")
+                tensors.check_raw_size(where, t.datatype, t.shape, raw[i])
+        missing = [s.name for s in mv.inputs if s.name not in seen]
+        if missing:
+            raise InvalidInput(f"{model}: missing input(s) {', '.join(missing)}")
+        for out in request.outputs:
+            if out.name not in mv.output_names:
+                expected = ", ".join(s.name for s in mv.outputs)
+                raise InvalidInput(
+                    f"{model}: unknown output {out.name!r}; the model has {expected}"
+                )
+        if not raw:
+            # Triton takes raw contents for every input or for none: send raw, as the design says.
+            for t in request.inputs:
+                where = f"{model}: input {t.name!r}"
+                request.raw_input_contents.append(
+                    tensors.typed_to_raw(where, t.datatype, t.shape, t.contents)
+                )
+                t.ClearField("contents")
+
+    @staticmethod
+    def _check_shape(
+        mv: ModelVersion, where: str, expected: Sequence[int], shape: Sequence[int]
+    ) -> None:
+        tensors.check_shape(where, shape)
+        ok = len(shape) == len(expected) and all(
+            e == -1 or e == d for e, d in zip(expected, shape, strict=True)
+        )
+        if not ok:
+            raise InvalidInput(f"{where}: shape {list(shape)}, the model expects {list(expected)} "
+                               "(-1 = any size)")
+        if mv.max_batch_size > 0 and shape[0] > mv.max_batch_size:
+            raise InvalidInput(
+                f"{where}: batch of {shape[0]} exceeds the model's max_batch_size {mv.max_batch_size}"
+            )
+
+    async def predict(
+        self, request: inference_pb2.PredictRequest, timeout: float | None
+    ) -> inference_pb2.PredictResponse:
+        """tensorgate's payload-level inference: the items become one batch, split back per item."""
+        mv = self._resolve(request.model, request.version)
+        model = f"model {mv.name}:{mv.version}"
+        items = request.items
+        if not items:
+            raise InvalidInput(f"{model}: the request has no items")
+        if len(items) > self.settings.limits.max_items:
+            raise InvalidInput(
+                f"{model}: {len(items)} items exceed limits.max_items={self.settings.limits.max_items}"
+            )
+        if len(items) > 1 and mv.max_batch_size == 0:
+            raise InvalidInput(f"{model}: the model does not batch; send one item per request")
+        per_item: list[dict[str, tensor_pb2.Tensor]] = []
+        for i, item in enumerate(items):
+            kind = item.WhichOneof("payload")
+            if kind != "tensors":
+                raise Unimplemented(
+                    f"items[{i}]: {kind or 'empty'} payloads need the model's input spec, "
+                    "which is not available yet; send tensors"
+                )
+            named: dict[str, tensor_pb2.Tensor] = {}
+            for t in item.tensors.tensors:
+                if t.name in named:
+                    raise InvalidInput(f"{model}: items[{i}]: input {t.name!r} is given twice")
+                named[t.name] = t
+            per_item.append(named)
+        infer, rows = self._batch_items(mv, per_item)
+        for name in request.outputs:
+            infer.outputs.add(name=name)
+        self._check_infer_request(mv, infer)
+        infer.model_name, infer.model_version = mv.backend_model, mv.backend_version
+        response = await self._call_backend(mv, infer, timeout)
+        return self._split_response(mv, request, response, rows)
+
+    def _batch_items(
+        self, mv: ModelVersion, per_item: list[dict[str, tensor_pb2.Tensor]]
+    ) -> tuple[service_pb2.ModelInferRequest, list[int]]:
+        """One ModelInferRequest holding every item, concatenated along the batch axis."""
+        model = f"model {mv.name}:{mv.version}"
+        first = per_item[0]
+        for i, named in enumerate(per_item[1:], start=1):
+            if named.keys() != first.keys():
+                raise InvalidInput(
+                    f"{model}: items[{i}] has inputs {sorted(named)}, items[0] has {sorted(first)}"
+                )
+        infer = service_pb2.ModelInferRequest()
+        rows: list[int] = []
+        for name, t0 in first.items():
+            where = f"{model}: input {name!r}"
+            tensors.check_datatype(where, t0.datatype)
+            tensors.check_shape(where, t0.shape)
+            if len(per_item) > 1:
+                if not t0.shape:
+                    raise InvalidInput(f"{where}: batched items need a leading batch dimension")
+                item_rows = [named[name].shape[0] if named[name].shape else 0 for named in per_item]
+                if rows and item_rows != rows:
+                    raise InvalidInput(
+                        f"{where}: items' batch sizes {item_rows} differ from other inputs' {rows}"
+                    )
+                rows = item_rows
+            parts = []
+            for i, named in enumerate(per_item):
+                t = named[name]
+                where_i = f"{model}: items[{i}]: input {name!r}"
+                if t.datatype != t0.datatype or list(t.shape[1:]) != list(t0.shape[1:]):
+                    raise InvalidInput(
+                        f"{where_i}: {t.datatype}{list(t.shape)} cannot be batched with "
+                        f"items[0]'s {t0.datatype}{list(t0.shape)}"
+                    )
+                tensors.check_raw_size(where_i, t.datatype, t.shape, t.data)
+                parts.append(t.data)
+            shape = [sum(rows), *t0.shape[1:]] if len(per_item) > 1 else list(t0.shape)
+            infer.inputs.add(name=name, datatype=t0.datatype, shape=shape)
+            infer.raw_input_contents.append(b"".join(parts))
+        return infer, rows or [1]
+
+    @staticmethod
+    def _split_response(
+        mv: ModelVersion,
+        request: inference_pb2.PredictRequest,
+        response: service_pb2.ModelInferResponse,
+        rows: list[int],
+    ) -> inference_pb2.PredictResponse:
+        """Gives each item its own rows of every output."""
+        out = inference_pb2.PredictResponse(model=mv.name, version=mv.version)
+        results = [out.results.add() for _ in rows]
+        for i, t in enumerate(response.outputs):
+            raw = response.raw_output_contents[i]
+            if len(rows) == 1:
+                results[0].outputs.add(name=t.name, datatype=t.datatype, shape=t.shape, data=raw)
+                continue
+            for result, n, chunk in zip(
+                results, rows, tensors.split_rows(t.datatype, t.shape, raw, rows), strict=True
+            ):
+                result.outputs.add(
+                    name=t.name, datatype=t.datatype, shape=[n, *t.shape[1:]], data=chunk
+                )
+        return out

@@ -1,0 +1,1 @@
+"""The gRPC front: servicers that translate wire messages and call the dataplane."""

@@ -1,0 +1,321 @@
+"""The model registry: routable model versions, persisted in SQLite, watched for changes.
+
+A model version is a name, a version, a backend binding (kind, endpoints, the backend's model
+name and version) and its input/output tensor metadata. The store is shared by the server and
+the CLI; the server reloads when another process commits (`PRAGMA data_version`), so changes
+take effect without a restart and survive one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from tensorgate.v1 import registry_pb2, tensor_pb2
+
+from router.errors import AlreadyExists, InvalidInput, ModelNotFound
+from router.tensors import check_datatype
+
+log = logging.getLogger(__name__)
+
+BACKEND_KINDS = ("triton",)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}$")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, datatype and shape (-1 = any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A routable model version, immutable once loaded; built from its registry record."""
+
+    name: str
+    version: str
+    backend_kind: str
+    endpoints: tuple[str, ...]
+    backend_model: str
+    backend_version: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    record: registry_pb2.ModelVersion = field(compare=False, repr=False)
+    input_map: Mapping[str, TensorSpec] = field(compare=False, repr=False, default_factory=dict)
+    output_names: frozenset[str] = field(compare=False, repr=False, default=frozenset())
+
+    @property
+    def has_metadata(self) -> bool:
+        """True when the input/output tensors are known."""
+        return bool(self.inputs)
+
+    @classmethod
+    def from_record(cls, record: registry_pb2.ModelVersion) -> ModelVersion:
+        """Builds the routable view of a validated registry record."""
+        validate_record(record)
+
+        def specs(items: Iterable[tensor_pb2.TensorSpec]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in items)
+
+        inputs, outputs = specs(record.inputs), specs(record.outputs)
+        return cls(
+            name=record.name,
+            version=record.version,
+            backend_kind=record.backend.kind,
+            endpoints=tuple(record.backend.endpoints),
+            backend_model=record.backend.model or record.name,
+            backend_version=record.backend.version,
+            inputs=inputs,
+            outputs=outputs,
+            max_batch_size=record.max_batch_size,
+            record=record,
+            input_map={t.name: t for t in inputs},
+            output_names=frozenset(t.name for t in outputs),
+        )
+
+
+def validate_record(record: registry_pb2.ModelVersion) -> None:
+    """Raises InvalidInput naming the field when a registration cannot be routed."""
+    where = f"model {record.name or '<unnamed>'}"
+    if not _NAME.match(record.name):
+        raise InvalidInput(f"{where}: name must match {_NAME.pattern}")
+    if not _NAME.match(record.version):
+        raise InvalidInput(f"{where}: version {record.version!r} must match {_NAME.pattern}")
+    where = f"model {record.name}:{record.version}"
+    b = record.backend
+    if b.kind not in BACKEND_KINDS:
+        raise InvalidInput(
+            f"{where}: backend.kind {b.kind!r} is not one of {', '.join(BACKEND_KINDS)}"
+        )
+    if not b.endpoints:
+        raise InvalidInput(f"{where}: backend.endpoints needs at least one host:port")
+    for ep in b.endpoints:
+        if not _ENDPOINT.match(ep) or not 0 < int(ep.rsplit(":", 1)[1]) < 65536:
+            raise InvalidInput(f"{where}: backend endpoint {ep!r} is not host:port")
+    if record.max_batch_size < 0:
+        raise InvalidInput(f"{where}: max_batch_size must be >= 0")
+    for kind, specs in (("inputs", record.inputs), ("outputs", record.outputs)):
+        seen = set()
+        for spec in specs:
+            if not spec.name:
+                raise InvalidInput(f"{where}: {kind} entry without a name")
+            if spec.name in seen:
+                raise InvalidInput(f"{where}: {kind} names {spec.name!r} twice")
+            seen.add(spec.name)
+            check_datatype(f"{where}: {kind[:-1]} {spec.name}", spec.datatype)
+            if any(d < -1 for d in spec.shape):
+                raise InvalidInput(f"{where}: {kind[:-1]} {spec.name} shape {list(spec.shape)}")
+    if bool(record.inputs) != bool(record.outputs):
+        raise InvalidInput(f"{where}: give both inputs and outputs, or neither (read from backend)")
+
+
+def parse_record(data: Any, source: str) -> registry_pb2.ModelVersion:
+    """Parses one registration mapping (YAML or JSON form of ModelVersion) into a record."""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{source}: a model entry must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    if isinstance(data.get("version"), int | float):
+        data["version"] = str(data["version"])
+    data.setdefault("version", "1")
+    record = registry_pb2.ModelVersion()
+    try:
+        json_format.ParseDict(data, record)
+    except json_format.ParseError as e:
+        raise InvalidInput(f"{source}: {e}") from None
+    if record.HasField("created_at"):
+        raise InvalidInput(f"{source}: created_at is set by the registry")
+    validate_record(record)
+    return record
+
+
+def parse_registration(data: Any, source: str) -> list[registry_pb2.ModelVersion]:
+    """Parses a registration document: `{models: [...]}`, a list, or one model mapping."""
+    if isinstance(data, dict) and "models" in data:
+        extra = set(data) - {"models"}
+        if extra:
+            raise InvalidInput(f"{source}: unknown top-level keys {sorted(extra)}")
+        data = data["models"]
+    entries = data if isinstance(data, list) else [data]
+    if not entries:
+        raise InvalidInput(f"{source}: no models in it")
+    records = [parse_record(e, f"{source}: models[{i}]") for i, e in enumerate(entries)]
+    keys = [(r.name, r.version) for r in records]
+    dupes = {f"{n}:{v}" for n, v in keys if keys.count((n, v)) > 1}
+    if dupes:
+        raise InvalidInput(f"{source}: registers {', '.join(sorted(dupes))} more than once")
+    return records
+
+
+def version_key(version: str) -> tuple[int, int | str]:
+    """Sort key that orders numeric versions numerically, after non-numeric ones."""
+    return (1, int(version)) if version.isdigit() else (0, version)
+
+
+class RegistryStore:
+    """SQLite persistence of registry records; safe to share between threads."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS model_versions (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (name, version)
+    )
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(self.SCHEMA)
+            self._db.commit()
+        except sqlite3.Error as e:
+            raise InvalidInput(f"registry database {path}: {e}") from None
+
+    def close(self) -> None:
+        """Closes the database connection."""
+        with self._lock:
+            self._db.close()
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits a change."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def records(self, name: str = "") -> list[registry_pb2.ModelVersion]:
+        """All records, or those of one model name, ordered by name then version."""
+        with self._lock:
+            if name:
+                rows = self._db.execute(
+                    "SELECT record FROM model_versions WHERE name = ?", (name,)
+                ).fetchall()
+            else:
+                rows = self._db.execute("SELECT record FROM model_versions").fetchall()
+        records = [registry_pb2.ModelVersion.FromString(r[0]) for r in rows]
+        return sorted(records, key=lambda r: (r.name, version_key(r.version)))
+
+    def put(
+        self, records: Iterable[registry_pb2.ModelVersion], replace: bool = True
+    ) -> list[registry_pb2.ModelVersion]:
+        """Inserts (or replaces) records in one transaction; stamps created_at."""
+        stored = []
+        with self._lock:
+            try:
+                with self._db:
+                    for record in records:
+                        validate_record(record)
+                        out = registry_pb2.ModelVersion()
+                        out.CopyFrom(record)
+                        out.created_at.FromNanoseconds(time.time_ns())
+                        verb = "INSERT OR REPLACE" if replace else "INSERT"
+                        self._db.execute(
+                            f"{verb} INTO model_versions (name, version, record) VALUES (?, ?, ?)",
+                            (out.name, out.version, out.SerializeToString()),
+                        )
+                        stored.append(out)
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(
+                    f"model {record.name}:{record.version} is registered already"
+                ) from None
+        return stored
+
+    def remove(self, name: str, version: str = "") -> list[registry_pb2.ModelVersion]:
+        """Removes one version, or all versions of name; ModelNotFound when nothing matched."""
+        records = [r for r in self.records(name) if not version or r.version == version]
+        if not records:
+            what = f"{name}:{version}" if version else name
+            raise ModelNotFound(f"model {what} is not registered")
+        with self._lock, self._db:
+            if version:
+                self._db.execute(
+                    "DELETE FROM model_versions WHERE name = ? AND version = ?", (name, version)
+                )
+            else:
+                self._db.execute("DELETE FROM model_versions WHERE name = ?", (name,))
+        return records
+
+
+class Registry:
+    """The server's in-memory view of the store, reloaded when the store changes."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+        self._models: dict[str, dict[str, ModelVersion]] = {}
+        self._defaults: dict[str, ModelVersion] = {}
+        self._seen_version = -1
+
+    def load(self) -> None:
+        """Reads every record from the store (skipping, with a log line, any invalid one)."""
+        self._seen_version = self.store.data_version()
+        models: dict[str, dict[str, ModelVersion]] = {}
+        for record in self.store.records():
+            try:
+                mv = ModelVersion.from_record(record)
+            except InvalidInput as e:
+                log.error("registry: skipping %s:%s: %s", record.name, record.version, e)
+                continue
+            models.setdefault(mv.name, {})[mv.version] = mv
+        defaults = {
+            name: versions[max(versions, key=version_key)] for name, versions in models.items()
+        }
+        self._models, self._defaults = models, defaults
+
+    def changed(self) -> bool:
+        """True when another process committed to the store since the last load."""
+        return self.store.data_version() != self._seen_version
+
+    async def watch(self, interval_s: float) -> None:
+        """Reloads whenever the store changes; runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if await asyncio.to_thread(self.changed):
+                    await asyncio.to_thread(self.load)
+                    log.info("registry reloaded: %d models", len(self._models))
+            except Exception:
+                log.exception("registry reload failed; keeping the previous view")
+
+    def resolve(self, name: str, version: str = "") -> ModelVersion:
+        """The model version to serve; the default (highest) version when version is empty."""
+        if version:
+            mv = self._models.get(name, {}).get(version)
+            if mv is None:
+                if name in self._models:
+                    known = ", ".join(sorted(self._models[name], key=version_key))
+                    raise ModelNotFound(f"model {name} has no version {version!r} (has: {known})")
+                raise ModelNotFound(f"model {name!r} is not registered")
+            return mv
+        mv = self._defaults.get(name)
+        if mv is None:
+            raise ModelNotFound(f"model {name!r} is not registered")
+        return mv
+
+    def all(self) -> list[ModelVersion]:
+        """Every routable model version, by name then version."""
+        return [
+            self._models[n][v]
+            for n in sorted(self._models)
+            for v in sorted(self._models[n], key=version_key)
+        ]
+
+    def versions(self, name: str) -> list[str]:
+        """The registered versions of name, oldest first."""
+        return sorted(self._models.get(name, {}), key=version_key)

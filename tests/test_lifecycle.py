@@ -1,0 +1,120 @@
+"""Server lifecycle: SIGTERM drains (health NOT_SERVING, new calls refused, in-flight finish)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from router.registry import parse_registration
+from tests.conftest import RouterProcess, models_yaml, router_settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigterm_drains_in_flight_calls(triton: Any, tmp_path: Path) -> None:
+    from router.registry import RegistryStore
+
+    db = tmp_path / "r.db"
+    store = RegistryStore(db)
+    # register with metadata from Triton through the admin path used by the CLI
+    import asyncio
+
+    from adapters.base import BackendOptions, default_pool
+    from router.admin import RegistryAdmin
+
+    async def register() -> None:
+        pool = default_pool(BackendOptions())
+        try:
+            await RegistryAdmin(store, pool).register(
+                parse_registration(models_yaml(triton.grpc_address), "test")
+            )
+        finally:
+            await pool.close()
+
+    asyncio.run(register())
+    router = RouterProcess(db, tmp_path / "router.log", grace_s=20).start()
+    result: dict[str, Any] = {}
+
+    def slow_call() -> None:
+        t = tgrpc.InferInput("SECONDS", [1], "FP32")
+        t.set_data_from_numpy(np.array([2.0], np.float32))
+        try:
+            result["out"] = tgrpc.InferenceServerClient(router.address).infer(
+                "slow", [t], client_timeout=30
+            ).as_numpy("SLEPT")
+        except Exception as e:  # recorded for the assertion below
+            result["error"] = e
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.5)  # the slow call is in flight
+    router.terminate()
+    channel = grpc.insecure_channel(router.address)
+    with channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 1.0
+        status = None
+        while time.monotonic() < deadline:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            time.sleep(0.02)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # new calls are refused while draining
+        client = tgrpc.InferenceServerClient(router.address)
+        with pytest.raises(Exception, match="shutting down"):
+            a = np.zeros((1, 16), np.int32)
+            inputs = [tgrpc.InferInput("INPUT0", [1, 16], "INT32"),
+                      tgrpc.InferInput("INPUT1", [1, 16], "INT32")]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(a)
+            client.infer("simple", inputs)
+        assert not client.is_server_ready()
+    caller.join(10)
+    assert "error" not in result, result.get("error")
+    assert result["out"].tolist() == [2.0]
+    assert router.wait(10) == 0
+    assert "draining: 1 calls in flight" in router.log()
+
+
+def test_grace_period_bounds_the_drain(triton: Any, tmp_path: Path) -> None:
+    """A call longer than the grace period is cut off; the router still exits promptly."""
+    from router.registry import RegistryStore
+
+    store = RegistryStore(tmp_path / "r.db")
+    records = parse_registration(models_yaml(triton.grpc_address), "test")
+    # slow's metadata, given inline so no backend call is needed to register it
+    slow = next(r for r in records if r.name == "slow")
+    slow.inputs.add(name="SECONDS", datatype="FP32", shape=[1])
+    slow.outputs.add(name="SLEPT", datatype="FP32", shape=[1])
+    store.put([slow])
+    router = RouterProcess(tmp_path / "r.db", tmp_path / "router.log", grace_s=0.5).start()
+    errors: list[Exception] = []
+
+    def slow_call() -> None:
+        t = tgrpc.InferInput("SECONDS", [1], "FP32")
+        t.set_data_from_numpy(np.array([10.0], np.float32))
+        try:
+            tgrpc.InferenceServerClient(router.address).infer("slow", [t], client_timeout=30)
+        except Exception as e:
+            errors.append(e)
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    router.terminate()
+    assert router.wait(10) == 0
+    assert time.monotonic() - started < 5
+    caller.join(10)
+    assert len(errors) == 1
+    assert "grace period over with 1 calls in flight" in router.log()
+    assert router_settings(tmp_path / "x.db").server.grace_period_s == 15.0  # the default

@@ -1,0 +1,1 @@
+"""Payload transforms (images, text, tables -> tensors); they arrive with the transforms issue."""
