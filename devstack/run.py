@@ -2,7 +2,8 @@
 
 Starts Triton on free loopback ports with examples/triton, registers examples/models.yaml in the
 router's registry (embedded default path), starts `tensorgate serve` on its embedded defaults
-(gRPC 127.0.0.1:8500, metrics 8502), prints how to call it, and stops both on Ctrl-C/SIGTERM.
+(gRPC 127.0.0.1:8500, metrics 8502; TENSORGATE_* variables apply as usual), prints how to call
+it, and stops both on Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from types import FrameType
 from devstack.triton import REPO_ROOT, TritonServer, ensure_triton
 
 RUN_DIR = REPO_ROOT / ".cache" / "run"
-ROUTER_ADDRESS = "127.0.0.1:8500"
 
 
 def _wait_router_ready(proc: subprocess.Popen[bytes], address: str, timeout: float = 30) -> None:
@@ -74,15 +74,20 @@ def main() -> int:
         subprocess.run([*tensorgate, "models", "register", "examples/models.yaml"],
                        cwd=REPO_ROOT, env=env, check=True)
         router = subprocess.Popen([*tensorgate, "serve"], cwd=REPO_ROOT, env=env)
-        _wait_router_ready(router, ROUTER_ADDRESS)
+        # The router's own settings (embedded defaults, TENSORGATE_* variables) say where it is.
+        from router import config
+
+        server = config.load().server
+        address = f"{server.host}:{server.grpc_port}"
+        _wait_router_ready(router, address)
         a, b = _write_example_inputs()
         print(f"""
-tensorgate is serving on {ROUTER_ADDRESS} (Open Inference Protocol + tensorgate.v1), metrics on
-http://127.0.0.1:8502/metrics. Try, in another terminal:
+tensorgate is serving on {address} (Open Inference Protocol + tensorgate.v1), metrics on
+http://{server.host}:{server.metrics_port}/metrics. Try, in another terminal:
 
-  .venv/bin/tensorgate infer simple --tensor INPUT0={a} --tensor INPUT1={b}
+  .venv/bin/tensorgate infer simple --address {address} --tensor INPUT0={a} --tensor INPUT1={b}
   .venv/bin/tensorgate models list
-  .venv/bin/python examples/simple_client.py          # Triton's own client, via the router
+  .venv/bin/python examples/simple_client.py --url {address}   # Triton's own client, unchanged
 
 Ctrl-C stops the router and Triton.
 """, flush=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import yaml
-
 from tensorgate.v1 import registry_pb2, registry_pb2_grpc
+
 from tests.conftest import REPO, RouterProcess, RouterThread, router_settings
 
 pytestmark = pytest.mark.integration

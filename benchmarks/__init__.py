@@ -1,0 +1,1 @@
+"""Benchmarks for tensorgate: load generator, bare pass-through proxy and scenario runners."""
