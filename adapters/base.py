@@ -54,6 +54,15 @@ class Backend(abc.ABC):
         Overloaded, BackendError); cancelling the awaiting task cancels the backend call.
         """
 
+    async def infer_bytes(self, request: bytes, timeout: float | None) -> bytes:
+        """infer() on a serialized ModelInferRequest, answering a serialized response.
+
+        Adapters that speak the Open Inference Protocol natively forward the bytes untouched;
+        this default parses and serializes around infer().
+        """
+        response = await self.infer(service_pb2.ModelInferRequest.FromString(request), timeout)
+        return response.SerializeToString()
+
     @abc.abstractmethod
     async def model_metadata(self, model: str, version: str) -> BackendModelMetadata:
         """The backend model's inputs, outputs and max batch size."""

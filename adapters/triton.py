@@ -49,6 +49,8 @@ class TritonBackend(Backend):
             ],
         )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        # ModelInfer with bytes in and out: tensors are forwarded without (de)serializing.
+        self._infer_bytes = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
 
     def _translate(self, e: grpc.aio.AioRpcError, what: str) -> TensorgateError:
         """The router error for a failed Triton call (the one place Triton errors map)."""
@@ -72,6 +74,14 @@ class TritonBackend(Backend):
             return response
         except grpc.aio.AioRpcError as e:
             raise self._translate(e, f"infer {request.model_name}") from None
+
+    async def infer_bytes(self, request: bytes, timeout: float | None) -> bytes:
+        """ModelInfer on Triton with serialized messages both ways."""
+        try:
+            response: bytes = await self._infer_bytes(request, timeout=timeout)
+            return response
+        except grpc.aio.AioRpcError as e:
+            raise self._translate(e, "infer") from None
 
     async def model_metadata(self, model: str, version: str) -> BackendModelMetadata:
         """ModelMetadata plus max_batch_size from ModelConfig."""

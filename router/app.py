@@ -20,6 +20,7 @@ from tensorgate.v1 import inference_pb2, registry_pb2
 from tritonclient.grpc import service_pb2
 
 from adapters.base import BackendOptions, default_pool
+from router import metrics
 from router.admin import RegistryAdmin
 from router.config import Settings
 from router.dataplane import Dataplane
@@ -94,6 +95,7 @@ class App:
 
         await asyncio.to_thread(self.registry.load)
         self._tasks.append(asyncio.create_task(self.registry.watch(s.registry.poll_interval_s)))
+        metrics.INFLIGHT.set_function(lambda: self.tracker.inflight)
         self.dataplane.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(

@@ -10,31 +10,19 @@ import asyncio
 import itertools
 import time
 from collections.abc import Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
 
 from tensorgate.v1 import inference_pb2, tensor_pb2
 from tritonclient.grpc import service_pb2
 
 from adapters.base import Backend, BackendPool
-from router import metrics, tensors
+from router import context, metrics, tensors, wire
 from router.config import Settings
 from router.errors import BackendUnavailable, InvalidInput, ModelNotFound, Unimplemented
 from router.registry import ModelVersion, Registry
 
 SERVER_NAME = "tensorgate"
-
-
-@dataclass
-class CallLabels:
-    """The model and version a call resolved to, for the front's metrics (bounded labels)."""
-
-    model: str = ""
-    version: str = ""
-
-
-# Set by the dataplane once a call resolves its model; read by the front when the call ends.
-call_labels: ContextVar[CallLabels | None] = ContextVar("call_labels", default=None)
+# Distinct validated request headers remembered (a few per model and batch size is typical).
+HEADER_CACHE_SIZE = 4096
 
 
 class Dataplane:
@@ -46,6 +34,10 @@ class Dataplane:
         self.backends = backends
         self.ready = False
         self._rr = itertools.count()
+        # Validated request headers (router.wire.scan_infer_request) -> (model version, raw
+        # input sizes); emptied whenever the registry reloads.
+        self._headers: dict[bytes, tuple[ModelVersion, tuple[int, ...]]] = {}
+        self._headers_generation = -1
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -64,9 +56,9 @@ class Dataplane:
     def _resolve(self, name: str, version: str) -> ModelVersion:
         """The model version to serve, recording it for the call's metrics."""
         mv = self.registry.resolve(name, version)
-        labels = call_labels.get()
-        if labels is not None:
-            labels.model, labels.version = mv.name, mv.version
+        call = context.current.get()
+        if call is not None:  # the front's metrics are labelled with the resolved version
+            call.model, call.version = mv.name, mv.version
         return mv
 
     def model_metadata(self, name: str, version: str) -> service_pb2.ModelMetadataResponse:
@@ -142,6 +134,49 @@ class Dataplane:
         response.model_version = mv.version
         return response
 
+    async def model_infer_bytes(self, data: bytes, timeout: float | None) -> bytes:
+        """model_infer() on a request in its wire form, answered in wire form.
+
+        After the checks, the client's bytes go to the backend with only the model renamed
+        (appended fields, see router.wire), and the backend's bytes come back the same way:
+        tensors are never copied into new messages. A request whose header (everything but
+        tensor data and id) was validated before is checked for its tensor sizes only.
+        """
+        scanned = wire.scan_infer_request(data)
+        cached = None
+        if scanned is not None:
+            if self._headers_generation != self.registry.generation:
+                self._headers.clear()
+                self._headers_generation = self.registry.generation
+            cached = self._headers.get(scanned[0])
+        if cached is not None and scanned is not None and cached[1] == scanned[1]:
+            mv = cached[0]
+            call = context.current.get()
+            if call is not None:
+                call.model, call.version = mv.name, mv.version
+            data += mv.request_rename
+        else:
+            request = wire.parse(service_pb2.ModelInferRequest, data)
+            mv = self._resolve(request.model_name, request.model_version)
+            typed = not request.raw_input_contents and len(request.inputs) > 0
+            self._check_infer_request(mv, request)
+            if typed:  # typed contents became raw: the message changed
+                request.model_name, request.model_version = mv.backend_model, mv.backend_version
+                data = request.SerializeToString()
+            else:
+                data += mv.request_rename
+                if scanned is not None and all(s.itemsize for s in mv.inputs):
+                    if len(self._headers) >= HEADER_CACHE_SIZE:
+                        self._headers.clear()
+                    self._headers[scanned[0]] = (mv, scanned[1])
+        backend = self._pick_backend(mv)
+        start = time.perf_counter()
+        try:
+            response = await backend.infer_bytes(data, self._timeout(timeout))
+        finally:
+            metrics.observe_backend(mv.name, mv.version, mv.backend_kind, time.perf_counter() - start)
+        return response + mv.response_rename
+
     async def _call_backend(
         self, mv: ModelVersion, request: service_pb2.ModelInferRequest, timeout: float | None
     ) -> service_pb2.ModelInferResponse:
@@ -150,12 +185,73 @@ class Dataplane:
         try:
             return await backend.infer(request, self._timeout(timeout))
         finally:
-            metrics.BACKEND_LATENCY.labels(mv.name, mv.version, mv.backend_kind).observe(
-                time.perf_counter() - start
-            )
+            metrics.observe_backend(mv.name, mv.version, mv.backend_kind, time.perf_counter() - start)
 
     def _check_infer_request(self, mv: ModelVersion, request: service_pb2.ModelInferRequest) -> None:
-        """Checks inputs against the model's metadata; typed contents become raw bytes."""
+        """Checks inputs against the model's metadata; typed contents become raw bytes.
+
+        A lean pass accepts well-formed requests (the hot path); anything it doubts goes to
+        _explain_bad_request, which finds the problem and raises an error naming it.
+        """
+        inputs, raw = request.inputs, request.raw_input_contents
+        n, max_batch = len(inputs), mv.max_batch_size
+        ok = (
+            mv.has_metadata
+            and n == len(mv.inputs)
+            and n <= self.settings.limits.max_tensors
+            and (not raw or len(raw) == n)
+        )
+        if ok:
+            checks, seen = mv.input_map, set()
+            for i, t in enumerate(inputs):
+                spec = checks.get(t.name)
+                shape = t.shape
+                if (
+                    spec is None
+                    or t.name in seen
+                    or t.datatype != spec.datatype
+                    or len(shape) != len(spec.shape)
+                    or any(shape[j] != d for j, d in spec.fixed_dims)
+                    or (max_batch and shape[0] > max_batch)
+                ):
+                    ok = False
+                    break
+                seen.add(t.name)
+                count = 1
+                for d in shape:
+                    if d < 0:
+                        ok = False
+                    count *= d
+                if raw and ok:
+                    if spec.itemsize:
+                        ok = len(raw[i]) == count * spec.itemsize and not t.HasField("contents")
+                    else:  # BYTES: the framing must hold exactly `count` elements
+                        ok = False
+                if not ok:
+                    break
+        if not ok:
+            self._explain_bad_request(mv, request)
+        if request.outputs:
+            for out in request.outputs:
+                if out.name not in mv.output_names:
+                    expected = ", ".join(s.name for s in mv.outputs)
+                    raise InvalidInput(
+                        f"model {mv.name}:{mv.version}: unknown output {out.name!r}; "
+                        f"the model has {expected}"
+                    )
+        if not raw:
+            # Triton takes raw contents for every input or for none: send raw, as the design says.
+            for t in inputs:
+                where = f"model {mv.name}:{mv.version}: input {t.name!r}"
+                request.raw_input_contents.append(
+                    tensors.typed_to_raw(where, t.datatype, t.shape, t.contents)
+                )
+                t.ClearField("contents")
+
+    def _explain_bad_request(
+        self, mv: ModelVersion, request: service_pb2.ModelInferRequest
+    ) -> None:
+        """Raises InvalidInput naming what is wrong with a request's inputs (if anything is)."""
         model = f"model {mv.name}:{mv.version}"
         if not mv.has_metadata:
             raise BackendUnavailable(f"{model}: tensor metadata unknown; register it again")
@@ -189,20 +285,6 @@ class Dataplane:
         missing = [s.name for s in mv.inputs if s.name not in seen]
         if missing:
             raise InvalidInput(f"{model}: missing input(s) {', '.join(missing)}")
-        for out in request.outputs:
-            if out.name not in mv.output_names:
-                expected = ", ".join(s.name for s in mv.outputs)
-                raise InvalidInput(
-                    f"{model}: unknown output {out.name!r}; the model has {expected}"
-                )
-        if not raw:
-            # Triton takes raw contents for every input or for none: send raw, as the design says.
-            for t in request.inputs:
-                where = f"{model}: input {t.name!r}"
-                request.raw_input_contents.append(
-                    tensors.typed_to_raw(where, t.datatype, t.shape, t.contents)
-                )
-                t.ClearField("contents")
 
     @staticmethod
     def _check_shape(

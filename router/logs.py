@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
 
-# The id of the call being served (set by the fronts); "-" outside a call.
-request_id: ContextVar[str] = ContextVar("request_id", default="-")
+from router import context
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
+        record.request_id = context.request_id()
         return True
 
 

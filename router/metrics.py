@@ -1,37 +1,111 @@
-"""Prometheus metrics, declared once; labels are bounded (model, version, backend, code).
+"""Prometheus metrics, declared once; labels are bounded (model, version, method, backend, code).
 
 A call whose model is not registered is counted with model="" so that clients cannot grow the
 label set by inventing names.
+
+The per-call series are kept by two small collectors instead of prometheus_client's Counter and
+Histogram: those take a lock and walk every bucket in Python on each observation, which showed up
+as several percent of the router's CPU per call in benchmarks/foundation.py. Observations happen
+on the event-loop thread only; the scrape thread reads a copy taken under the GIL.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import bisect
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import REGISTRY, Gauge
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Latency buckets in seconds: 250 us .. 30 s.
-_BUCKETS = (
+BUCKETS = (
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0, 30.0,
 )
 
-REQUESTS = Counter(
-    "tensorgate_requests_total",
+
+class FastCounter(Collector):
+    """A labelled counter: `inc(label_values)` is a dict update."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        """Adds amount to the series of these label values."""
+        self._values[labels] = self._values.get(labels, 0.0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in list(self._values.items()):
+            family.add_metric(list(labels), value)
+        yield family
+
+
+class FastHistogram(Collector):
+    """A labelled histogram: `observe(label_values, v)` is a bisect and two list updates."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self.bounds = tuple(buckets)
+        # per series: one count per bucket (by upper bound, then +Inf), then the sum
+        self._series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        """Records one observation in the series of these label values."""
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0.0] * (len(self.bounds) + 2)
+        series[bisect.bisect_left(self.bounds, value)] += 1
+        series[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, series in list(self._series.items()):
+            series = list(series)
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*self.bounds, float("inf")), series[:-1], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            family.add_metric(list(labels), buckets, sum_value=series[-1])
+        yield family
+
+
+REQUESTS = FastCounter(
+    "tensorgate_requests",
     "Calls answered by the router, by model, version, API method and gRPC status code.",
     ["model", "version", "method", "code"],
 )
-REQUEST_LATENCY = Histogram(
+REQUEST_LATENCY = FastHistogram(
     "tensorgate_request_duration_seconds",
     "Time from a call's arrival to its answer, by model, version and API method.",
     ["model", "version", "method"],
-    buckets=_BUCKETS,
+    BUCKETS,
 )
-BACKEND_LATENCY = Histogram(
+BACKEND_LATENCY = FastHistogram(
     "tensorgate_backend_request_duration_seconds",
     "Time of the backend call alone, by model, version and backend kind.",
     ["model", "version", "backend"],
-    buckets=_BUCKETS,
+    BUCKETS,
 )
+for _collector in (REQUESTS, REQUEST_LATENCY, BACKEND_LATENCY):
+    REGISTRY.register(_collector)
+
 INFLIGHT = Gauge(
     "tensorgate_inflight_requests",
     "Calls being served right now.",
 )
+
+
+def observe_call(model: str, version: str, method: str, code: str, seconds: float) -> None:
+    """Counts one answered call and its latency."""
+    REQUESTS.inc((model, version, method, code))
+    REQUEST_LATENCY.observe((model, version, method), seconds)
+
+
+def observe_backend(model: str, version: str, backend: str, seconds: float) -> None:
+    """Records the latency of one backend call."""
+    BACKEND_LATENCY.observe((model, version, backend), seconds)

@@ -9,6 +9,7 @@ take effect without a restart and survive one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import sqlite3
@@ -22,8 +23,9 @@ from typing import Any
 from google.protobuf import json_format
 from tensorgate.v1 import registry_pb2, tensor_pb2
 
+from router import wire
 from router.errors import AlreadyExists, InvalidInput, ModelNotFound
-from router.tensors import check_datatype
+from router.tensors import ITEM_SIZES, check_datatype
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,21 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+
+    @property
+    def fixed_dims(self) -> tuple[tuple[int, int], ...]:
+        """(axis, size) of every dimension that is not -1, for fast shape checks."""
+        return self._derived[0]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element; 0 for BYTES (variable length)."""
+        return self._derived[1]
+
+    @functools.cached_property
+    def _derived(self) -> tuple[tuple[tuple[int, int], ...], int]:
+        fixed = tuple((i, d) for i, d in enumerate(self.shape) if d != -1)
+        return fixed, ITEM_SIZES.get(self.datatype, 0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,16 @@ class ModelVersion:
     record: registry_pb2.ModelVersion = field(compare=False, repr=False)
     input_map: Mapping[str, TensorSpec] = field(compare=False, repr=False, default_factory=dict)
     output_names: frozenset[str] = field(compare=False, repr=False, default=frozenset())
+
+    @functools.cached_property
+    def request_rename(self) -> bytes:
+        """Wire bytes that rename a ModelInferRequest to the backend's model (and version)."""
+        return wire.rename(self.backend_model, self.backend_version)
+
+    @functools.cached_property
+    def response_rename(self) -> bytes:
+        """Wire bytes that rename a ModelInferResponse to this tensorgate model and version."""
+        return wire.rename(self.name, self.version)
 
     @property
     def has_metadata(self) -> bool:
@@ -261,6 +288,8 @@ class Registry:
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._defaults: dict[str, ModelVersion] = {}
         self._seen_version = -1
+        # Bumped by every load(); caches of resolved model versions compare it.
+        self.generation = 0
 
     def load(self) -> None:
         """Reads every record from the store (skipping, with a log line, any invalid one)."""
@@ -277,6 +306,7 @@ class Registry:
             name: versions[max(versions, key=version_key)] for name, versions in models.items()
         }
         self._models, self._defaults = models, defaults
+        self.generation += 1
 
     def changed(self) -> bool:
         """True when another process committed to the store since the last load."""

@@ -176,3 +176,4 @@ def split_rows(datatype: str, shape: Sequence[int], raw: bytes, rows: Sequence[i
         out.append(raw[offset : offset + r * row_bytes])
         offset += r * row_bytes
     return out
+

@@ -207,6 +207,23 @@ def test_bad_input_is_invalid_argument_naming_it(
     assert expected in error.details()
 
 
+def test_validated_header_is_still_checked_for_tensor_sizes(router: RouterThread) -> None:
+    """A request kind seen before takes the cached-header path; its tensor sizes still count."""
+    channel, stub = oip_stub(router.address)
+    good = _simple_request()
+    good.raw_input_contents[0] = np.arange(16, dtype=np.int32).tobytes()
+    with channel:
+        for _ in range(2):  # the second call is served from the validated-header cache
+            out = stub.ModelInfer(good, timeout=10)
+            assert np.frombuffer(out.raw_output_contents[0], np.int32).tolist() == list(range(16))
+    for size in (60, 68, 0):
+        bad = _simple_request()
+        bad.raw_input_contents[1] = bytes(size)
+        error = _infer_error(router.address, bad)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"got {size}" in error.details() and "INPUT1" in error.details()
+
+
 def test_missing_input_and_malformed_message(router: RouterThread) -> None:
     request = _simple_request()
     del request.inputs[1]

@@ -1,6 +1,7 @@
 """What every gRPC call goes through: request id, drain check, metrics, and the one error map.
 
-Servicer methods are wrapped with `@unary` / `@stream`; they hold no try/except of their own.
+Servicer methods are wrapped with `@unary`, `@probe` or `@stream`; they hold no try/except of
+their own. This is the per-request hot path: keep it lean (see benchmarks/foundation.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import functools
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,8 +18,7 @@ import grpc
 from google.protobuf import message, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from router import errors, logs, metrics
-from router.dataplane import CallLabels, call_labels
+from router import context, errors, metrics, wire
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +62,10 @@ class CallTracker:
         if self.draining and not probe:
             raise errors.Unavailable("the router is shutting down; retry on another instance")
         self.inflight += 1
-        metrics.INFLIGHT.inc()
 
     def leave(self) -> None:
         """Marks a call finished."""
         self.inflight -= 1
-        metrics.INFLIGHT.dec()
         if self.inflight == 0 and self._idle is not None:
             self._idle.set()
 
@@ -95,13 +92,17 @@ class Servicer:
         """The request message of a raw request; malformed bytes are the client's error."""
         if not isinstance(request, bytes):
             return request
-        cls = self.request_classes[method]
-        try:
-            return cls.FromString(request)
-        except message.DecodeError as e:
-            raise errors.InvalidInput(
-                f"malformed {cls.DESCRIPTOR.full_name} message ({len(request)} bytes): {e}"
-            ) from None
+        return wire.parse(self.request_classes[method], request)
+
+
+def _serializer(cls: type[message.Message]) -> Callable[[Any], bytes]:
+    """Serializes a response message; a method may also answer with bytes already serialized."""
+    to_bytes = cls.SerializeToString
+
+    def serialize(response: Any) -> bytes:
+        return response if type(response) is bytes else to_bytes(response)
+
+    return serialize
 
 
 def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: Servicer) -> None:
@@ -111,7 +112,7 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: S
     servicer.request_classes = {}
     for m in service.methods:
         servicer.request_classes[m.name] = message_factory.GetMessageClass(m.input_type)
-        serialize = message_factory.GetMessageClass(m.output_type).SerializeToString
+        serialize = _serializer(message_factory.GetMessageClass(m.output_type))
         behavior = getattr(servicer, m.name)
         if m.client_streaming and m.server_streaming:
             handlers[m.name] = grpc.stream_stream_rpc_method_handler(
@@ -128,85 +129,77 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: S
     )
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
-    """The client's x-request-id when it is sane, else a new one."""
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and _CLIENT_ID.match(value):
-            return value
-    return uuid.uuid4().hex
-
-
-def _failure(rid: str, e: BaseException) -> tuple[grpc.StatusCode, str]:
+def failure(e: BaseException) -> tuple[grpc.StatusCode, str]:
     """Status code and client-safe message for an exception (logs unexpected ones)."""
     if isinstance(e, errors.TensorgateError):
         return status_of(e), e.message
+    rid = context.request_id()
     log.error("unexpected error (request id %s)", rid, exc_info=e)
     return grpc.StatusCode.INTERNAL, f"internal error; request id {rid}"
 
 
-def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def _begin(ctx: grpc.aio.ServicerContext) -> context.CallContext:
+    """Starts a call: its request id (the client's x-request-id when sane), in trailing metadata."""
+    rid = None
+    for key, value in ctx.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _CLIENT_ID.match(value):
+            rid = value
+            break
+    call = context.CallContext(rid or context.new_request_id())
+    # Each gRPC call runs in its own task and context, so no reset is needed.
+    context.current.set(call)
+    ctx.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+    return call
+
+
+def _cancelled_code(ctx: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """DEADLINE_EXCEEDED when a cancelled call ran out of time, else CANCELLED."""
-    remaining = context.time_remaining()
+    remaining = ctx.time_remaining()
     if remaining is not None and remaining <= 0:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
 
-class _Call:
-    """Per-call bookkeeping shared by the unary and streaming wrappers."""
-
-    __slots__ = ("method", "rid", "labels", "start", "code", "tokens")
-
-    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        self.method = method
-        self.rid = _request_id(context)
-        self.labels = CallLabels()
-        self.start = time.perf_counter()
-        self.code = grpc.StatusCode.OK
-        self.tokens = (logs.request_id.set(self.rid), call_labels.set(self.labels))
-        context.set_trailing_metadata(((REQUEST_ID_KEY, self.rid),))
-
-    def finish(self) -> None:
-        labels = self.labels
-        metrics.REQUESTS.labels(labels.model, labels.version, self.method, self.code.name).inc()
-        metrics.REQUEST_LATENCY.labels(labels.model, labels.version, self.method).observe(
-            time.perf_counter() - self.start
-        )
-        logs.request_id.reset(self.tokens[0])
-        call_labels.reset(self.tokens[1])
-
-
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+_OK = grpc.StatusCode.OK
 
 
-def unary(fn: Handler[Req, Resp], probe: bool = False) -> Handler[Req, Resp]:
-    """Wraps a unary servicer method with request id, drain check, metrics and error mapping."""
+def unary(fn: Handler[Req, Resp], probe: bool = False, raw: bool = False) -> Handler[Req, Resp]:
+    """Wraps a unary servicer method with request id, drain check, metrics and error mapping.
+
+    probe: health/metadata calls, answered while draining; raw: the method gets the request's
+    bytes and parses them itself (with self.parse), to forward them unparsed.
+    """
     method = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: Servicer, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        call = _Call(method, context)
+    async def wrapper(self: Servicer, request: Req, ctx: grpc.aio.ServicerContext) -> Resp:
+        start = time.perf_counter()
+        call = _begin(ctx)
+        code, message = _OK, ""
         tracker = self.tracker
         try:
             tracker.enter(probe)
         except errors.Unavailable as e:
-            call.code = grpc.StatusCode.UNAVAILABLE
-            call.finish()
-            await context.abort(call.code, e.message)
-        try:
-            return await fn(self, self.parse(method, request), context)
-        except asyncio.CancelledError:
-            call.code = _cancelled_code(context)
-            raise
-        except Exception as e:
-            call.code, message = _failure(call.rid, e)
-        finally:
-            tracker.leave()
-            call.finish()
-        await context.abort(call.code, message)
-        raise AssertionError("unreachable")  # context.abort raises
+            code, message = grpc.StatusCode.UNAVAILABLE, e.message
+            metrics.observe_call("", "", method, code.name, time.perf_counter() - start)
+        else:
+            try:
+                return await fn(self, request if raw else self.parse(method, request), ctx)
+            except asyncio.CancelledError:
+                code = _cancelled_code(ctx)
+                raise
+            except Exception as e:
+                code, message = failure(e)
+            finally:
+                tracker.leave()
+                metrics.observe_call(
+                    call.model, call.version, method, code.name, time.perf_counter() - start
+                )
+        await ctx.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
 
     return wrapper
 
@@ -216,43 +209,52 @@ def probe(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return unary(fn, probe=True)
 
 
+def raw_unary(fn: Handler[bytes, Resp]) -> Handler[bytes, Resp]:
+    """`unary` for methods that take the request's wire bytes."""
+    return unary(fn, raw=True)
+
+
 StreamHandler = Callable[[Any, AsyncIterator[Req], grpc.aio.ServicerContext], AsyncIterator[Resp]]
 
 
 def stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
-    """Wraps a streaming servicer method like `unary`: the whole stream is one call."""
+    """Wraps a bidirectional streaming method like `unary`: the whole stream is one call."""
     method = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(
-        self: Servicer, requests: AsyncIterator[Req], context: grpc.aio.ServicerContext
+        self: Servicer, requests: AsyncIterator[Req], ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[Resp]:
-        call = _Call(method, context)
+        start = time.perf_counter()
+        call = _begin(ctx)
+        code, message = _OK, ""
         tracker = self.tracker
-        message = ""
-        try:
-            tracker.enter()
-        except errors.Unavailable as e:
-            call.code = grpc.StatusCode.UNAVAILABLE
-            call.finish()
-            await context.abort(call.code, e.message)
+
         async def parsed() -> AsyncIterator[Req]:
             async for request in requests:
                 yield self.parse(method, request)
 
         try:
-            async for response in fn(self, parsed(), context):
-                yield response
-        except asyncio.CancelledError:
-            call.code = _cancelled_code(context)
-            raise
-        except Exception as e:
-            call.code, message = _failure(call.rid, e)
-        finally:
-            tracker.leave()
-            call.finish()
-        if call.code != grpc.StatusCode.OK:
-            await context.abort(call.code, message)
+            tracker.enter()
+        except errors.Unavailable as e:
+            code, message = grpc.StatusCode.UNAVAILABLE, e.message
+            metrics.observe_call("", "", method, code.name, time.perf_counter() - start)
+        else:
+            try:
+                async for response in fn(self, parsed(), ctx):
+                    yield response
+            except asyncio.CancelledError:
+                code = _cancelled_code(ctx)
+                raise
+            except Exception as e:
+                code, message = failure(e)
+            finally:
+                tracker.leave()
+                metrics.observe_call(
+                    call.model, call.version, method, code.name, time.perf_counter() - start
+                )
+        if code is not _OK:
+            await ctx.abort(code, message)
 
     return wrapper
 
@@ -260,7 +262,7 @@ def stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
 def unimplemented(service: str, name: str) -> Handler[Any, Any]:
     """A servicer method that answers UNIMPLEMENTED with a message naming the RPC."""
 
-    async def method(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def method(self: Any, request: Any, ctx: grpc.aio.ServicerContext) -> Any:
         raise errors.Unimplemented(f"{service}/{name} is not supported by tensorgate")
 
     method.__name__ = name

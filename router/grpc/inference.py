@@ -15,8 +15,16 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from router import errors
 from router.dataplane import Dataplane
-from router.grpc.calls import CallTracker, Servicer, _failure, probe, stream, unary, unimplemented
-from router.logs import request_id
+from router.grpc.calls import (
+    CallTracker,
+    Servicer,
+    failure,
+    probe,
+    raw_unary,
+    stream,
+    unary,
+    unimplemented,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +75,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer, Servicer)
     ) -> service_pb2.ModelMetadataResponse:
         return self.dp.model_metadata(request.name, request.version)
 
-    @unary
-    async def ModelInfer(
-        self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> service_pb2.ModelInferResponse:
-        return await self.dp.model_infer(request, _timeout(context))
+    @raw_unary
+    async def ModelInfer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await self.dp.model_infer_bytes(data, _timeout(context))
 
     @stream
     async def ModelStreamInfer(
@@ -90,7 +96,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer, Servicer)
                 response = await self.dp.model_infer(request, _timeout(context))
                 await results.put(service_pb2.ModelStreamInferResponse(infer_response=response))
             except Exception as e:
-                _, message = _failure(request_id.get(), e)
+                _, message = failure(e)
                 failed = service_pb2.ModelStreamInferResponse(error_message=message)
                 failed.infer_response.id = request.id
                 failed.infer_response.model_name = request.model_name

@@ -11,9 +11,9 @@ from tensorgate.v1 import (
 )
 
 from router.admin import RegistryAdmin
+from router.context import request_id as current_request_id
 from router.dataplane import Dataplane
 from router.grpc.calls import CallTracker, Servicer, unary
-from router.logs import request_id
 
 
 class PredictServicer(inference_pb2_grpc.InferenceServiceServicer, Servicer):
@@ -28,7 +28,7 @@ class PredictServicer(inference_pb2_grpc.InferenceServiceServicer, Servicer):
         self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.PredictResponse:
         response = await self.dp.predict(request, context.time_remaining())
-        response.request_id = request_id.get()
+        response.request_id = current_request_id()
         return response
 
 
