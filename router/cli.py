@@ -31,9 +31,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "server.http_port": args.http_port,
             "server.metrics_port": args.metrics_port,
             "log.level": args.log_level,
+            "log.access": True if args.access_log else None,
         },
     )
-    logs.setup(settings.log.level)
+    logs.setup(settings.log.level, settings.log.access)
     app.serve(settings)
     return 0
 
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int,
                    help="Prometheus port (server.metrics_port, default 8502)")
     s.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (log.level)")
+    s.add_argument("--access-log", action="store_true", help="log one line per call (log.access)")
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="manage the model registry").add_subparsers(

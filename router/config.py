@@ -79,6 +79,8 @@ class LogSettings:
     """Logging."""
 
     level: str = "INFO"
+    # One line per call (method, model, version, status code, time, request id) at INFO.
+    access: bool = False
 
 
 @dataclass

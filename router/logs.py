@@ -13,8 +13,12 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def setup(level: str) -> None:
-    """Configures the root logger: time, level, logger, request id, message."""
+# One line per call when log.access is on; its level is set by setup().
+access = logging.getLogger("tensorgate.access")
+
+
+def setup(level: str, access_log: bool = False) -> None:
+    """Configures the root logger (time, level, logger, request id, message) and the access log."""
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
@@ -23,3 +27,4 @@ def setup(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    access.setLevel(logging.INFO if access_log else logging.WARNING)

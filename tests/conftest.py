@@ -126,12 +126,15 @@ def oip_stub(address: str) -> tuple[grpc.Channel, service_pb2_grpc.GRPCInference
 class RouterProcess:
     """`python -m router serve` as a child process, for restart and signal tests."""
 
-    def __init__(self, registry: Path, log_path: Path, grace_s: float = 15.0) -> None:
+    def __init__(
+        self, registry: Path, log_path: Path, grace_s: float = 15.0, env: dict[str, str] | None = None
+    ) -> None:
         self.registry = registry
         self.port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_path
         self.grace_s = grace_s
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -142,6 +145,7 @@ class RouterProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TENSORGATE_")}
         env["TENSORGATE_SERVER__GRACE_PERIOD_S"] = str(self.grace_s)
         env["TENSORGATE_REGISTRY__POLL_INTERVAL_S"] = "0.2"
+        env.update(self.env)
         cmd = [sys.executable, "-m", "router", "serve", "--registry", str(self.registry),
                "--grpc-port", str(self.port), "--metrics-port", str(self.metrics_port)]
         with open(self.log_path, "ab") as log:

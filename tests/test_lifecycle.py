@@ -118,3 +118,32 @@ def test_grace_period_bounds_the_drain(triton: Any, tmp_path: Path) -> None:
     assert len(errors) == 1
     assert "grace period over with 1 calls in flight" in router.log()
     assert router_settings(tmp_path / "x.db").server.grace_period_s == 15.0  # the default
+
+
+def test_access_log_carries_the_request_id(triton: Any, tmp_path: Path) -> None:
+    from router.registry import RegistryStore
+
+    store = RegistryStore(tmp_path / "r.db")
+    (simple,) = [r for r in parse_registration(models_yaml(triton.grpc_address), "t")
+                 if r.name == "simple"]
+    simple.inputs.add(name="INPUT0", datatype="INT32", shape=[-1, 16])
+    simple.inputs.add(name="INPUT1", datatype="INT32", shape=[-1, 16])
+    simple.outputs.add(name="OUTPUT0", datatype="INT32", shape=[-1, 16])
+    store.put([simple])
+    router = RouterProcess(tmp_path / "r.db", tmp_path / "router.log",
+                           env={"TENSORGATE_LOG__ACCESS": "true"}).start()
+    try:
+        client = tgrpc.InferenceServerClient(router.address)
+        a = np.zeros((1, 16), np.int32)
+        inputs = [tgrpc.InferInput("INPUT0", [1, 16], "INT32"),
+                  tgrpc.InferInput("INPUT1", [1, 16], "INT32")]
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(a)
+        client.infer("simple", inputs, headers={"x-request-id": "trace-me-42"})
+        with pytest.raises(Exception, match="not registered"):
+            client.infer("ghost", inputs, headers={"x-request-id": "trace-me-43"})
+    finally:
+        router.stop()
+    log = router.log()
+    assert "[trace-me-42] ModelInfer model=simple:1 code=OK" in log
+    assert "[trace-me-43] ModelInfer model=-:- code=NOT_FOUND" in log

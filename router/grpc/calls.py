@@ -19,6 +19,7 @@ from google.protobuf import message, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from router import context, errors, metrics, wire
+from router.logs import access
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,15 @@ def _begin(ctx: grpc.aio.ServicerContext) -> context.CallContext:
     return call
 
 
+def _finish(call: context.CallContext, method: str, code: grpc.StatusCode, start: float) -> None:
+    """Records a finished call: metrics, and the access log line when it is on."""
+    seconds = time.perf_counter() - start
+    metrics.observe_call(call.model, call.version, method, code.name, seconds)
+    if access.isEnabledFor(logging.INFO):
+        access.info("%s model=%s:%s code=%s %.2fms", method, call.model or "-",
+                    call.version or "-", code.name, seconds * 1000)
+
+
 def _cancelled_code(ctx: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """DEADLINE_EXCEEDED when a cancelled call ran out of time, else CANCELLED."""
     remaining = ctx.time_remaining()
@@ -184,7 +194,7 @@ def unary(fn: Handler[Req, Resp], probe: bool = False, raw: bool = False) -> Han
             tracker.enter(probe)
         except errors.Unavailable as e:
             code, message = grpc.StatusCode.UNAVAILABLE, e.message
-            metrics.observe_call("", "", method, code.name, time.perf_counter() - start)
+            _finish(call, method, code, start)
         else:
             try:
                 return await fn(self, request if raw else self.parse(method, request), ctx)
@@ -195,9 +205,7 @@ def unary(fn: Handler[Req, Resp], probe: bool = False, raw: bool = False) -> Han
                 code, message = failure(e)
             finally:
                 tracker.leave()
-                metrics.observe_call(
-                    call.model, call.version, method, code.name, time.perf_counter() - start
-                )
+                _finish(call, method, code, start)
         await ctx.abort(code, message)
         raise AssertionError("unreachable: abort raises")
 
@@ -238,7 +246,7 @@ def stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
             tracker.enter()
         except errors.Unavailable as e:
             code, message = grpc.StatusCode.UNAVAILABLE, e.message
-            metrics.observe_call("", "", method, code.name, time.perf_counter() - start)
+            _finish(call, method, code, start)
         else:
             try:
                 async for response in fn(self, parsed(), ctx):
@@ -250,9 +258,7 @@ def stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
                 code, message = failure(e)
             finally:
                 tracker.leave()
-                metrics.observe_call(
-                    call.model, call.version, method, code.name, time.perf_counter() - start
-                )
+                _finish(call, method, code, start)
         if code is not _OK:
             await ctx.abort(code, message)
 
