@@ -45,7 +45,7 @@ test: $(STAMP) backends lint typecheck protos-check
 	$(PY) -m pytest -q -ra
 
 bench: $(STAMP) backends
-	$(PY) -m benchmarks.foundation
+	$(PY) -m benchmarks.foundation --rounds 3 --duration 5 --warmup 1
 
 clean:
 	rm -rf $(VENV) .cache .tensorgate .pytest_cache .mypy_cache .ruff_cache

@@ -128,6 +128,8 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: S
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
+    # Registered methods are matched by grpc's core instead of a Python lookup per call.
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def failure(e: BaseException) -> tuple[grpc.StatusCode, str]:
