@@ -90,7 +90,12 @@ class App:
         except RuntimeError as e:
             raise OSError(f"cannot listen for gRPC on {address}: {e}") from None
         await self.server.start()
-        self._metrics_server, _ = start_http_server(s.server.metrics_port, s.server.host)
+        try:
+            self._metrics_server, _ = start_http_server(s.server.metrics_port, s.server.host)
+        except OSError as e:
+            raise OSError(
+                f"cannot serve metrics on {s.server.host}:{s.server.metrics_port}: {e.strerror}"
+            ) from None
         self.metrics_port = self._metrics_server.server_port
 
         await asyncio.to_thread(self.registry.load)
