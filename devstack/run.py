@@ -80,7 +80,7 @@ def main() -> int:
         server = config.load().server
         address = f"{server.host}:{server.grpc_port}"
         _wait_router_ready(router, address)
-        a, b = _write_example_inputs()
+        a, b = (p.relative_to(REPO_ROOT) for p in _write_example_inputs())
         print(f"""
 tensorgate is serving on {address} (Open Inference Protocol + tensorgate.v1), metrics on
 http://{server.host}:{server.metrics_port}/metrics. Try, in another terminal:
