@@ -541,11 +541,11 @@ def derive_ratios(cells: list[Cell], concurrencies: list[int]) -> list[dict[str,
         if entry["proxy_added_p50_ms"] is not None and entry["router_added_p50_ms"] is not None:
             if entry["proxy_added_p50_ms"] > 0:
                 ratio = entry["router_added_p50_ms"] / entry["proxy_added_p50_ms"]
-                entry["added_latency_ratio"] = round(ratio, 3)
+                entry["added_latency_ratio"] = round(ratio, 4)
                 entry["latency_ok"] = ratio <= LATENCY_GOAL
         if p and r and p.result["throughput_rps"] > 0:
             ratio = r.result["throughput_rps"] / p.result["throughput_rps"]
-            entry["throughput_ratio"] = round(ratio, 3)
+            entry["throughput_ratio"] = round(ratio, 4)
             entry["throughput_ok"] = ratio >= THROUGHPUT_GOAL
         ratios.append(entry)
     return ratios
@@ -597,7 +597,7 @@ def markdown(cells: list[Cell], ratios: list[dict[str, Any]], meta: dict[str, An
 
     def verdict(value: float | None, ok: bool | None) -> str:
         """Ratio with ok/MISS."""
-        return "–" if value is None else f"{value:.3f} ({'ok' if ok else 'MISS'})"
+        return "–" if value is None else f"{value:.4f} ({'ok' if ok else 'MISS'})"
 
     for r in ratios:
         lines.append(
