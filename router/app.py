@@ -42,7 +42,7 @@ class App:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.tracker = CallTracker()
+        self.tracker = CallTracker(settings.server.max_concurrent_rpcs)
         self.grpc_port = 0
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
@@ -72,7 +72,6 @@ class App:
                 ("grpc.max_receive_message_length", s.server.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=s.server.max_concurrent_rpcs,
         )
         for service, servicer in (
             (OIP_SERVICE, InferenceServicer(self.dataplane, self.tracker)),

@@ -36,7 +36,7 @@ class ServerSettings:
     max_message_bytes: int = 64 * MiB
     # On SIGTERM: seconds in-flight calls get to finish before the server stops.
     grace_period_s: float = 15.0
-    # Concurrent RPCs the gRPC server runs at once; more wait in grpc's queue.
+    # Calls served at once (health and metadata probes excepted); more get RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1024
 
 

@@ -147,3 +147,37 @@ def test_access_log_carries_the_request_id(triton: Any, tmp_path: Path) -> None:
     log = router.log()
     assert "[trace-me-42] ModelInfer model=simple:1 code=OK" in log
     assert "[trace-me-43] ModelInfer model=-:- code=NOT_FOUND" in log
+
+
+def test_calls_past_the_concurrency_limit_are_refused_at_once(triton: Any, tmp_path: Path) -> None:
+    from tests.conftest import RouterThread
+
+    rt = RouterThread(router_settings(tmp_path / "r.db", **{"server.max_concurrent_rpcs": 1}))
+    rt.start()
+    try:
+        rt.run(rt.app.admin.register(parse_registration(models_yaml(triton.grpc_address), "t")))
+        done: dict[str, Any] = {}
+
+        def slow_call() -> None:
+            t = tgrpc.InferInput("SECONDS", [1], "FP32")
+            t.set_data_from_numpy(np.array([1.5], np.float32))
+            done["out"] = tgrpc.InferenceServerClient(rt.address).infer("slow", [t]).as_numpy("SLEPT")
+
+        caller = threading.Thread(target=slow_call)
+        caller.start()
+        deadline = time.monotonic() + 5
+        while rt.app.tracker.inflight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client = tgrpc.InferenceServerClient(rt.address)
+        t = tgrpc.InferInput("SECONDS", [1], "FP32")
+        t.set_data_from_numpy(np.array([0.0], np.float32))
+        started = time.monotonic()
+        with pytest.raises(Exception, match="RESOURCE_EXHAUSTED.*max_concurrent_rpcs=1"):
+            client.infer("slow", [t])
+        assert time.monotonic() - started < 0.5
+        assert client.is_server_ready() and client.is_model_ready("slow")  # probes still answer
+        caller.join(10)
+        assert done["out"].tolist() == [1.5]
+        assert client.infer("slow", [t]).as_numpy("SLEPT").tolist() == [0.0]  # room again
+    finally:
+        rt.stop()

@@ -51,17 +51,29 @@ def status_of(error: errors.TensorgateError) -> grpc.StatusCode:
 
 
 class CallTracker:
-    """Counts calls in flight and refuses new ones once draining starts."""
+    """Counts calls in flight; refuses new ones past the limit and once draining starts.
 
-    def __init__(self) -> None:
+    The limit lives here rather than in grpc's maximum_concurrent_rpcs, which measurably cost
+    CPU per call, and health probes stay exempt from it.
+    """
+
+    def __init__(self, limit: int = 1 << 30) -> None:
         self.inflight = 0
+        self.limit = limit
         self.draining = False
         self._idle: asyncio.Event | None = None
 
     def enter(self, probe: bool = False) -> None:
-        """Admits a call, or raises Unavailable while draining (probes are always admitted)."""
-        if self.draining and not probe:
-            raise errors.Unavailable("the router is shutting down; retry on another instance")
+        """Admits a call, or raises Unavailable while draining / Overloaded past the limit
+        (probes are always admitted)."""
+        if not probe:
+            if self.draining:
+                raise errors.Unavailable("the router is shutting down; retry on another instance")
+            if self.inflight >= self.limit:
+                raise errors.Overloaded(
+                    f"{self.inflight} calls in flight reach server.max_concurrent_rpcs="
+                    f"{self.limit}; retry later"
+                )
         self.inflight += 1
 
     def leave(self) -> None:
@@ -198,8 +210,8 @@ def unary(fn: Handler[Req, Resp], probe: bool = False, raw: bool = False) -> Han
         tracker = self.tracker
         try:
             tracker.enter(probe)
-        except errors.Unavailable as e:
-            code, message = grpc.StatusCode.UNAVAILABLE, e.message
+        except (errors.Unavailable, errors.Overloaded) as e:
+            code, message = status_of(e), e.message
             _finish(call, method, code, start)
         else:
             try:
@@ -250,8 +262,8 @@ def stream(fn: StreamHandler[Req, Resp]) -> StreamHandler[Req, Resp]:
 
         try:
             tracker.enter()
-        except errors.Unavailable as e:
-            code, message = grpc.StatusCode.UNAVAILABLE, e.message
+        except (errors.Unavailable, errors.Overloaded) as e:
+            code, message = status_of(e), e.message
             _finish(call, method, code, start)
         else:
             try:
