@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from tensorgate.v1 import registry_pb2, tensor_pb2
 
 from adapters.base import BackendPool
-from router.errors import BackendUnavailable, InvalidInput, ModelNotFound
+from router.errors import BackendUnavailable, InvalidInput, ModelNotFound, TensorgateError
 from router.registry import ModelVersion, RegistryStore, version_key
 
 
@@ -38,7 +38,7 @@ class RegistryAdmin:
             backend = self.backends.get(mv.backend_kind, endpoint)
             try:
                 meta = await backend.model_metadata(mv.backend_model, mv.backend_version)
-            except (BackendUnavailable, InvalidInput) as e:
+            except TensorgateError as e:  # try the next endpoint
                 errors.append(str(e))
                 continue
             for spec in meta.inputs:
