@@ -373,3 +373,38 @@ def test_message_size_limit_is_resource_exhausted(triton: Any, tmp_path: Path) -
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         rt.stop()
+
+
+async def test_bad_requests_do_not_harm_good_ones_in_flight(router: RouterThread) -> None:
+    """Malformed, unknown-model and wrong-shape calls interleaved with good ones: every good
+    call gets its own correct answer, every bad one its own error."""
+    import asyncio
+
+    channel = grpc.aio.insecure_channel(router.address)
+    raw_call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    try:
+        async def good(i: int) -> None:
+            request = _simple_request()
+            request.raw_input_contents[0] = np.full(16, i, np.int32).tobytes()
+            answer = service_pb2.ModelInferResponse.FromString(
+                await raw_call(request.SerializeToString(), timeout=20)
+            )
+            assert np.frombuffer(answer.raw_output_contents[0], np.int32).tolist() == [i] * 16
+
+        async def bad(i: int) -> grpc.StatusCode:
+            if i % 3 == 0:
+                data = b"\x0a\xff\xff\xff"
+            elif i % 3 == 1:
+                data = service_pb2.ModelInferRequest(model_name=f"ghost-{i}").SerializeToString()
+            else:
+                data = _simple_request(INPUT1={"shape": [1, 15], "data": bytes(60)}).SerializeToString()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await raw_call(data, timeout=20)
+            return info.value.code()
+
+        results = await asyncio.gather(*(good(i) if i % 2 else bad(i) for i in range(120)))
+        codes = [c for c in results if c is not None]
+        assert len(codes) == 60
+        assert set(codes) == {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+    finally:
+        await channel.close()
