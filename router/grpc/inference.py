@@ -7,7 +7,6 @@ router as against Triton. RPCs the router does not serve answer UNIMPLEMENTED.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -25,8 +24,6 @@ from router.grpc.calls import (
     unary,
     unimplemented,
 )
-
-log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 # Requests of one ModelStreamInfer stream served at once.
