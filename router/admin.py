@@ -65,6 +65,8 @@ class RegistryAdmin:
         for record in records:
             ModelVersion.from_record(record)  # validates before any backend call
         await asyncio.gather(*(self.fill_metadata(r) for r in records))
+        for record in records:
+            ModelVersion.from_record(record)  # input specs against the model's inputs
         stored = await asyncio.to_thread(self.store.put, records)
         self._changed()
         return stored

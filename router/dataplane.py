@@ -7,9 +7,12 @@ in tensorgate's terms. Business logic lives here, not in the fronts.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import itertools
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from tensorgate.v1 import inference_pb2, tensor_pb2
 from tritonclient.grpc import service_pb2
@@ -17,10 +20,31 @@ from tritonclient.grpc import service_pb2
 from adapters.base import Backend, BackendPool
 from router import context, metrics, tensors, wire
 from router.config import Settings
-from router.errors import BackendUnavailable, InvalidInput, ModelNotFound, Unimplemented
+from router.errors import BackendUnavailable, InvalidInput, ModelNotFound
 from router.registry import ModelVersion, Registry
+from transforms.table import TableTransform
 
 SERVER_NAME = "tensorgate"
+
+
+def _table_csv(model: str, index: int, payload: inference_pb2.TablePayload) -> bytes:
+    """A table item as CSV bytes: its csv field, or its records written as CSV (a column
+    missing from a record becomes an empty value, which the spec treats as missing)."""
+    if payload.csv:
+        if payload.records:
+            raise InvalidInput(f"{model}: items[{index}]: give records or csv, not both")
+        return payload.csv
+    if not payload.records:
+        raise InvalidInput(f"{model}: items[{index}]: the table has no records and no csv")
+    columns: dict[str, None] = {}
+    for record in payload.records:
+        columns.update(dict.fromkeys(record.values))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for record in payload.records:
+        writer.writerow(dict(record.values))
+    return out.getvalue().encode()
 # Distinct validated request headers remembered (a few per model and batch size is typical).
 HEADER_CACHE_SIZE = 4096
 
@@ -317,27 +341,84 @@ class Dataplane:
             )
         if len(items) > 1 and mv.max_batch_size == 0:
             raise InvalidInput(f"{model}: the model does not batch; send one item per request")
-        per_item: list[dict[str, tensor_pb2.Tensor]] = []
-        for i, item in enumerate(items):
-            kind = item.WhichOneof("payload")
-            if kind != "tensors":
-                raise Unimplemented(
-                    f"items[{i}]: {kind or 'empty'} payloads need the model's input spec, "
-                    "which is not available yet; send tensors"
-                )
-            named: dict[str, tensor_pb2.Tensor] = {}
-            for t in item.tensors.tensors:
-                if t.name in named:
-                    raise InvalidInput(f"{model}: items[{i}]: input {t.name!r} is given twice")
-                named[t.name] = t
-            per_item.append(named)
-        infer, rows = self._batch_items(mv, per_item)
+        kinds = [item.WhichOneof("payload") for item in items]
+        if None in kinds:
+            raise InvalidInput(f"{model}: items[{kinds.index(None)}] has no payload")
+        kind = kinds[0]
+        if any(k != kind for k in kinds):
+            other = next(i for i, k in enumerate(kinds) if k != kind)
+            raise InvalidInput(
+                f"{model}: items[{other}] is {kinds[other]}, items[0] is {kind}; "
+                "send one payload kind per request"
+            )
+        if kind == "tensors":
+            infer, rows = self._batch_items(mv, [self._named_tensors(mv, i, item)
+                                                 for i, item in enumerate(items)])
+        else:
+            infer, rows = await self._transform_items(mv, kind or "", items)
         for name in request.outputs:
             infer.outputs.add(name=name)
         self._check_infer_request(mv, infer)
         infer.model_name, infer.model_version = mv.backend_model, mv.backend_version
         response = await self._call_backend(mv, infer, timeout)
         return self._split_response(mv, request, response, rows)
+
+    @staticmethod
+    def _named_tensors(mv: ModelVersion, i: int, item: inference_pb2.Item) -> dict[str, tensor_pb2.Tensor]:
+        """An item's tensors by input name."""
+        named: dict[str, tensor_pb2.Tensor] = {}
+        for t in item.tensors.tensors:
+            if t.name in named:
+                raise InvalidInput(
+                    f"model {mv.name}:{mv.version}: items[{i}]: input {t.name!r} is given twice"
+                )
+            named[t.name] = t
+        return named
+
+    async def _transform_items(
+        self, mv: ModelVersion, kind: str, items: Sequence[inference_pb2.Item]
+    ) -> tuple[service_pb2.ModelInferRequest, list[int]]:
+        """Runs the model's input spec for this payload kind (off the event loop) over the
+        items; one ModelInferRequest of the resulting tensors, and each item's row count."""
+        model = f"model {mv.name}:{mv.version}"
+        transform = mv.transforms.get(kind)
+        if transform is None:
+            raise InvalidInput(
+                f"{model}: has no {kind} input spec (its registration's transforms: "
+                f"{', '.join(sorted(mv.transforms)) or 'none'}); send tensors, or register one"
+            )
+        targets = set(transform.outputs())
+        payloads: list[Any] = []
+        for i, item in enumerate(items):
+            payload = getattr(item, kind)
+            if kind in ("image", "text") and payload.input and payload.input not in targets:
+                raise InvalidInput(
+                    f"{model}: items[{i}]: input {payload.input!r} is not fed by the {kind} spec "
+                    f"(it feeds {', '.join(sorted(targets))})"
+                )
+            if kind == "image":
+                payloads.append(payload.data)
+            elif kind == "text":
+                payloads.append(payload.text)
+            else:
+                payloads.append(_table_csv(model, i, payload))
+        loop = asyncio.get_running_loop()
+        try:
+            if isinstance(transform, TableTransform):  # a CSV item may hold several rows
+                arrays, rows = await loop.run_in_executor(
+                    None, transform.transform_with_counts, payloads
+                )
+            else:
+                arrays = await loop.run_in_executor(None, transform.transform, payloads)
+                rows = [1] * len(items)
+        except InvalidInput as e:
+            raise InvalidInput(f"{model}: {e.message}") from None
+        infer = service_pb2.ModelInferRequest()
+        for name, array in arrays.items():
+            datatype, shape, raw = tensors.from_numpy(array)
+            infer.inputs.add(name=name, datatype=datatype, shape=shape)
+            infer.raw_input_contents.append(raw)
+        return infer, rows
 
     def _batch_items(
         self, mv: ModelVersion, per_item: list[dict[str, tensor_pb2.Tensor]]

@@ -26,6 +26,8 @@ from tensorgate.v1 import registry_pb2, tensor_pb2
 from router import wire
 from router.errors import AlreadyExists, InvalidInput, ModelNotFound
 from router.tensors import ITEM_SIZES, check_datatype
+from transforms.base import Transform
+from transforms.base import build as build_transform
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class ModelVersion:
     record: registry_pb2.ModelVersion = field(compare=False, repr=False)
     input_map: Mapping[str, TensorSpec] = field(compare=False, repr=False, default_factory=dict)
     output_names: frozenset[str] = field(compare=False, repr=False, default=frozenset())
+    # The input specs by payload kind (image, text, table).
+    transforms: Mapping[str, Transform] = field(compare=False, repr=False, default_factory=dict)
 
     @functools.cached_property
     def request_rename(self) -> bytes:
@@ -99,6 +103,9 @@ class ModelVersion:
             return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in items)
 
         inputs, outputs = specs(record.inputs), specs(record.outputs)
+        transforms = build_transforms(record)
+        if inputs:
+            _check_transform_outputs(record, transforms, {t.name: t for t in inputs})
         return cls(
             name=record.name,
             version=record.version,
@@ -112,7 +119,57 @@ class ModelVersion:
             record=record,
             input_map={t.name: t for t in inputs},
             output_names=frozenset(t.name for t in outputs),
+            transforms=transforms,
         )
+
+
+def _plain(value: Any) -> Any:
+    """A Struct value as plain Python, whole numbers as int (Struct keeps every number a float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def build_transforms(record: registry_pb2.ModelVersion) -> dict[str, Transform]:
+    """The record's input specs as transforms by kind; InvalidInput names the bad spec."""
+    out: dict[str, Transform] = {}
+    for i, struct in enumerate(record.transforms):
+        spec = _plain(json_format.MessageToDict(struct))
+        where = f"model {record.name}:{record.version}: transforms[{i}]"
+        try:
+            transform = build_transform(spec)
+        except InvalidInput as e:
+            raise InvalidInput(f"{where}: {e.message}") from None
+        if transform.kind in out:
+            raise InvalidInput(f"{where}: a second {transform.kind} spec; give one per kind")
+        out[transform.kind] = transform
+    return out
+
+
+def _check_transform_outputs(
+    record: registry_pb2.ModelVersion,
+    transforms: Mapping[str, Transform],
+    inputs: Mapping[str, TensorSpec],
+) -> None:
+    """Each transform must produce existing inputs of the model, with their datatypes."""
+    where = f"model {record.name}:{record.version}"
+    for kind, transform in transforms.items():
+        for name, info in transform.outputs().items():
+            spec = inputs.get(name)
+            if spec is None:
+                raise InvalidInput(
+                    f"{where}: the {kind} spec produces {name!r}, which is not an input of the "
+                    f"model (inputs: {', '.join(inputs)})"
+                )
+            if info.datatype != spec.datatype:
+                raise InvalidInput(
+                    f"{where}: the {kind} spec produces {name!r} as {info.datatype}, the model "
+                    f"takes {spec.datatype}"
+                )
 
 
 def validate_record(record: registry_pb2.ModelVersion) -> None:

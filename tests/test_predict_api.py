@@ -75,7 +75,7 @@ def test_bytes_items_split_back_and_output_selection(router: RouterThread) -> No
     [
         (lambda r: None, grpc.StatusCode.INVALID_ARGUMENT, "no items"),
         (lambda r: r.items.add().text.CopyFrom(inference_pb2.TextPayload(text="hi")),
-         grpc.StatusCode.UNIMPLEMENTED, "text payloads"),
+         grpc.StatusCode.INVALID_ARGUMENT, "has no text input spec"),
         (lambda r: r.items.add().tensors.tensors.append(tensor("INPUT0", np.zeros((1, 16), np.int32))),
          grpc.StatusCode.INVALID_ARGUMENT, "missing input(s) INPUT1"),
         (lambda r: [r.items.add().tensors.tensors.extend(
@@ -85,7 +85,7 @@ def test_bytes_items_split_back_and_output_selection(router: RouterThread) -> No
             tensor_pb2.Tensor(name="INPUT0", datatype="INT32", shape=[1, 16], data=b"\x00" * 3)),
          grpc.StatusCode.INVALID_ARGUMENT, "needs 64 bytes"),
     ],
-    ids=["no-items", "text-not-yet", "missing-input", "unbatchable", "short-data"],
+    ids=["no-items", "text-without-spec", "missing-input", "unbatchable", "short-data"],
 )
 def test_predict_errors(router: RouterThread, build: object, code: grpc.StatusCode, text: str) -> None:
     request = inference_pb2.PredictRequest(model="simple")
