@@ -13,6 +13,7 @@ from tensorgate.v1 import registry_pb2, tensor_pb2
 from adapters.base import BackendPool
 from router.errors import BackendUnavailable, InvalidInput, ModelNotFound, TensorgateError
 from router.registry import ModelVersion, RegistryStore, version_key
+from transforms.base import TransformLimits
 
 
 class RegistryAdmin:
@@ -23,10 +24,12 @@ class RegistryAdmin:
         store: RegistryStore,
         backends: BackendPool,
         on_change: Callable[[], None] | None = None,
+        limits: TransformLimits | None = None,
     ) -> None:
         self.store = store
         self.backends = backends
         self.on_change = on_change
+        self.limits = limits
 
     async def fill_metadata(self, record: registry_pb2.ModelVersion) -> None:
         """Reads inputs, outputs and max_batch_size from the backend when they are not given."""
@@ -63,10 +66,10 @@ class RegistryAdmin:
         """Validates, completes and stores records in one transaction."""
         records = list(records)
         for record in records:
-            ModelVersion.from_record(record)  # validates before any backend call
+            ModelVersion.from_record(record, self.limits)  # validates before any backend call
         await asyncio.gather(*(self.fill_metadata(r) for r in records))
         for record in records:
-            ModelVersion.from_record(record)  # input specs against the model's inputs
+            ModelVersion.from_record(record, self.limits)  # input specs against the model's inputs
         stored = await asyncio.to_thread(self.store.put, records)
         self._changed()
         return stored

@@ -20,7 +20,7 @@ from tensorgate.v1 import inference_pb2, registry_pb2
 from tritonclient.grpc import service_pb2
 
 from adapters.base import BackendOptions, default_pool
-from router import metrics
+from router import config, metrics
 from router.admin import RegistryAdmin
 from router.config import Settings
 from router.dataplane import Dataplane
@@ -53,7 +53,8 @@ class App:
         """Loads the registry, opens backend channels lazily, and starts serving."""
         s = self.settings
         self.store = RegistryStore(s.registry.path)
-        self.registry = Registry(self.store)
+        limits = config.transform_limits(s)
+        self.registry = Registry(self.store, limits)
         self.backends = default_pool(
             BackendOptions(
                 keepalive_s=s.backend.keepalive_s,
@@ -62,7 +63,9 @@ class App:
             )
         )
         self.dataplane = Dataplane(s, self.registry, self.backends)
-        self.admin = RegistryAdmin(self.store, self.backends, on_change=self.registry.load)
+        self.admin = RegistryAdmin(
+            self.store, self.backends, on_change=self.registry.load, limits=limits
+        )
 
         self.health = health.aio.HealthServicer()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)

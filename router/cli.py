@@ -46,7 +46,10 @@ def _admin(args: argparse.Namespace) -> Any:
 
     settings = _settings(args)
     options = BackendOptions(control_timeout_s=settings.backend.control_timeout_s)
-    return RegistryAdmin(RegistryStore(settings.registry.path), default_pool(options))
+    return RegistryAdmin(
+        RegistryStore(settings.registry.path), default_pool(options),
+        limits=config.transform_limits(settings),
+    )
 
 
 def _record_row(r: Any) -> str:

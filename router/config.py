@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from transforms.base import TransformLimits
+
 MiB = 1024 * 1024
 ENV_PREFIX = "TENSORGATE_"
 
@@ -72,6 +74,15 @@ class LimitSettings:
     max_items: int = 256
     # Tensors in one request.
     max_tensors: int = 64
+    # One encoded image, in bytes.
+    max_image_bytes: int = 20 * MiB
+    # Width x height of one image, read from its header before decoding (decompression bombs).
+    max_image_pixels: int = 40_000_000
+    # One text item, in UTF-8 bytes.
+    max_text_bytes: int = 64 * 1024
+    # Table rows, and columns per row, in one request.
+    max_table_rows: int = 10_000
+    max_table_columns: int = 1_000
 
 
 @dataclass
@@ -202,6 +213,18 @@ def load(
     return settings
 
 
+def transform_limits(settings: Settings) -> TransformLimits:
+    """The limits the payload transforms enforce, from the settings."""
+    lim = settings.limits
+    return TransformLimits(
+        max_image_bytes=lim.max_image_bytes,
+        max_image_pixels=lim.max_image_pixels,
+        max_text_bytes=lim.max_text_bytes,
+        max_table_rows=lim.max_table_rows,
+        max_table_columns=lim.max_table_columns,
+    )
+
+
 def validate(settings: Settings) -> None:
     """Rejects values that cannot work, naming the key."""
     s = settings.server
@@ -219,6 +242,11 @@ def validate(settings: Settings) -> None:
         "backend.max_message_bytes": settings.backend.max_message_bytes,
         "limits.max_items": settings.limits.max_items,
         "limits.max_tensors": settings.limits.max_tensors,
+        "limits.max_image_bytes": settings.limits.max_image_bytes,
+        "limits.max_image_pixels": settings.limits.max_image_pixels,
+        "limits.max_text_bytes": settings.limits.max_text_bytes,
+        "limits.max_table_rows": settings.limits.max_table_rows,
+        "limits.max_table_columns": settings.limits.max_table_columns,
     }
     for key, value in positive.items():
         if not value > 0:  # also rejects NaN

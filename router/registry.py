@@ -26,7 +26,7 @@ from tensorgate.v1 import registry_pb2, tensor_pb2
 from router import wire
 from router.errors import AlreadyExists, InvalidInput, ModelNotFound
 from router.tensors import ITEM_SIZES, check_datatype
-from transforms.base import Transform
+from transforms.base import Transform, TransformLimits
 from transforms.base import build as build_transform
 
 log = logging.getLogger(__name__)
@@ -95,15 +95,18 @@ class ModelVersion:
         return bool(self.inputs)
 
     @classmethod
-    def from_record(cls, record: registry_pb2.ModelVersion) -> ModelVersion:
-        """Builds the routable view of a validated registry record."""
+    def from_record(
+        cls, record: registry_pb2.ModelVersion, limits: TransformLimits | None = None
+    ) -> ModelVersion:
+        """Builds the routable view of a validated registry record (its transforms enforce
+        `limits`, the defaults when None)."""
         validate_record(record)
 
         def specs(items: Iterable[tensor_pb2.TensorSpec]) -> tuple[TensorSpec, ...]:
             return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in items)
 
         inputs, outputs = specs(record.inputs), specs(record.outputs)
-        transforms = build_transforms(record)
+        transforms = build_transforms(record, limits)
         if inputs:
             _check_transform_outputs(record, transforms, {t.name: t for t in inputs})
         return cls(
@@ -134,14 +137,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def build_transforms(record: registry_pb2.ModelVersion) -> dict[str, Transform]:
+def build_transforms(
+    record: registry_pb2.ModelVersion, limits: TransformLimits | None = None
+) -> dict[str, Transform]:
     """The record's input specs as transforms by kind; InvalidInput names the bad spec."""
     out: dict[str, Transform] = {}
     for i, struct in enumerate(record.transforms):
         spec = _plain(json_format.MessageToDict(struct))
         where = f"model {record.name}:{record.version}: transforms[{i}]"
         try:
-            transform = build_transform(spec)
+            transform = build_transform(spec, limits)
         except InvalidInput as e:
             raise InvalidInput(f"{where}: {e.message}") from None
         if transform.kind in out:
@@ -340,8 +345,9 @@ class RegistryStore:
 class Registry:
     """The server's in-memory view of the store, reloaded when the store changes."""
 
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(self, store: RegistryStore, limits: TransformLimits | None = None) -> None:
         self.store = store
+        self.limits = limits
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._defaults: dict[str, ModelVersion] = {}
         self._seen_version = -1
@@ -354,7 +360,7 @@ class Registry:
         models: dict[str, dict[str, ModelVersion]] = {}
         for record in self.store.records():
             try:
-                mv = ModelVersion.from_record(record)
+                mv = ModelVersion.from_record(record, self.limits)
             except InvalidInput as e:
                 log.error("registry: skipping %s:%s: %s", record.name, record.version, e)
                 continue

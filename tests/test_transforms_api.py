@@ -164,3 +164,27 @@ def test_registration_checks_specs_against_the_model(transform_router: RouterThr
     with pytest.raises(InvalidInput, match=r"transforms\[0\]: spec.mode"):
         transform_router.run(transform_router.app.admin.register(bad_mode))
     assert [r.name for r in transform_router.app.store.records("img-bad")] == []
+
+
+def test_settings_limits_reach_the_transforms(
+    triton: Any, tmp_path: Path, tokenizer_path: Path  # noqa: F811
+) -> None:
+    from tests.conftest import router_settings
+
+    rt = RouterThread(router_settings(tmp_path / "r.db", **{"limits.max_text_bytes": 10})).start()
+    try:
+        backend = {"kind": "triton", "endpoints": [triton.grpc_address], "model": "identity_tokens"}
+        records = parse_registration(
+            {"name": "txt", "backend": backend, "transforms": [text_spec(tokenizer_path)]}, "t"
+        )
+        rt.run(rt.app.admin.register(records))
+        request = inference_pb2.PredictRequest(model="txt")
+        request.items.add().text.text = "short"
+        request.items.add().text.text = "eleven byte"
+        with pytest.raises(grpc.RpcError) as info:
+            predict(rt.address, request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "items[1]" in info.value.details()
+        assert "limits.max_text_bytes=10" in info.value.details()
+    finally:
+        rt.stop()

@@ -294,23 +294,27 @@ def test_csv_structure_errors() -> None:
 
 
 def test_row_limit_counts_the_whole_request() -> None:
-    transform = one([{"name": "a"}], limits=TransformLimits(max_rows=3))
+    transform = one([{"name": "a"}], limits=TransformLimits(max_table_rows=3))
     assert transform.row_counts([b"a\n1\n2\n", {"a": 3}]) == [2, 1]
     assert error(transform, [b"a\n1\n2\n", {"a": 3}, {"a": 4}]) == (
-        "items[2]: row 0: the request has more than max_rows=3 rows"
+        "items[2]: row 0: the request has more than limits.max_table_rows=3 rows"
     )
     assert error(transform, [{"a": 0}, b"a\n1\n2\n3\n"]) == (
-        "items[1]: row 2: the request has more than max_rows=3 rows"
+        "items[1]: row 2: the request has more than limits.max_table_rows=3 rows"
     )
-    with pytest.raises(InvalidInput, match="max_rows=3"):
+    with pytest.raises(InvalidInput, match="limits.max_table_rows=3"):
         transform.row_counts([b"a\n1\n2\n3\n4\n"])
 
 
 def test_column_limit() -> None:
-    transform = one([{"name": "a"}], unknown_columns="ignore", limits=TransformLimits(max_columns=2))
-    assert error(transform, [b"a,b,c\n1,2,3\n"]) == "items[0]: header: 3 columns, more than max_columns=2"
+    transform = one([{"name": "a"}], unknown_columns="ignore", limits=TransformLimits(max_table_columns=2))
     assert (
-        error(transform, [{"a": 1, "b": 2, "c": 3}]) == "items[0]: row 0: 3 columns, more than max_columns=2"
+        error(transform, [b"a,b,c\n1,2,3\n"])
+        == "items[0]: header: 3 columns, more than limits.max_table_columns=2"
+    )
+    assert (
+        error(transform, [{"a": 1, "b": 2, "c": 3}])
+        == "items[0]: row 0: 3 columns, more than limits.max_table_columns=2"
     )
     np.testing.assert_array_equal(transform.transform([{"a": 1, "b": 2}])["x"], [[1.0]])
 

@@ -30,8 +30,8 @@ class TransformLimits:
     max_image_bytes: int = 20 * MiB  # one encoded image
     max_image_pixels: int = 40_000_000  # width x height after decoding headers (bombs)
     max_text_bytes: int = 64 * 1024  # one UTF-8 string
-    max_rows: int = 10_000  # table rows in one request
-    max_columns: int = 1_000  # table columns in one request
+    max_table_rows: int = 10_000  # table rows in one request
+    max_table_columns: int = 1_000  # table columns in one request
 
 
 @dataclass(frozen=True)

@@ -317,7 +317,7 @@ class TableTransform(Transform):
         tables: list[ItemTable] = []
         total = 0
         for i, item in enumerate(items):
-            budget = self.limits.max_rows - total
+            budget = self.limits.max_table_rows - total
             try:
                 if isinstance(item, bytes | bytearray | memoryview):
                     table = self.read_csv(bytes(item), budget)
@@ -334,8 +334,10 @@ class TableTransform(Transform):
         return tables
 
     def too_many_rows(self, row: int) -> InvalidInput:
-        """The error for a row past the request's max_rows."""
-        return InvalidInput(f"row {row}: the request has more than max_rows={self.limits.max_rows} rows")
+        """The error for a row past the request's max_table_rows."""
+        return InvalidInput(
+            f"row {row}: the request has more than limits.max_table_rows={self.limits.max_table_rows} rows"
+        )
 
     def unknown_column(self, where: str, name: str) -> InvalidInput:
         """The error for an input column not in the schema, listing the known ones."""
@@ -354,9 +356,10 @@ class TableTransform(Transform):
             header = next((row for row in reader if row), None)
             if header is None:
                 raise InvalidInput("empty CSV: no header line")
-            if len(header) > self.limits.max_columns:
+            if len(header) > self.limits.max_table_columns:
                 raise InvalidInput(
-                    f"header: {len(header)} columns, more than max_columns={self.limits.max_columns}"
+                    f"header: {len(header)} columns, more than "
+                    f"limits.max_table_columns={self.limits.max_table_columns}"
                 )
             seen: set[str] = set()
             for name in header:
@@ -391,9 +394,10 @@ class TableTransform(Transform):
         """One record: a mapping of column name to value, giving one row."""
         if budget < 1:
             raise self.too_many_rows(0)
-        if len(record) > self.limits.max_columns:
+        if len(record) > self.limits.max_table_columns:
             raise InvalidInput(
-                f"row 0: {len(record)} columns, more than max_columns={self.limits.max_columns}"
+                f"row 0: {len(record)} columns, more than "
+                f"limits.max_table_columns={self.limits.max_table_columns}"
             )
         for name in record:
             if not isinstance(name, str):
