@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from router import config
@@ -127,10 +128,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     from router.tensors import to_numpy
 
-    if not args.tensor:
-        raise TensorgateError("give at least one --tensor NAME=FILE.npy")
     request = inference_pb2.PredictRequest(model=args.model, version=args.version or "")
-    request.items.add().tensors.tensors.extend(_load_tensor(t) for t in args.tensor)
+    _add_items(request, args)
     request.outputs.extend(args.output or [])
     options = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
                ("grpc.max_send_message_length", 256 * 1024 * 1024)]
@@ -141,9 +140,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         except grpc.RpcError as e:
             print(f"tensorgate: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1
-    outputs = {
-        t.name: to_numpy(t.datatype, t.shape, t.data) for t in response.results[0].outputs
-    }
+    results = [
+        {t.name: (t, to_numpy(t.datatype, t.shape, t.data)) for t in result.outputs}
+        for result in response.results
+    ]
     if args.json:
         def plain(a: np.ndarray) -> Any:
             if a.dtype == object:
@@ -154,16 +154,47 @@ def cmd_infer(args: argparse.Namespace) -> int:
             "model": response.model,
             "version": response.version,
             "request_id": response.request_id,
-            "outputs": {
-                t.name: {"datatype": t.datatype, "shape": list(t.shape), "data": plain(outputs[t.name])}
-                for t in response.results[0].outputs
-            },
+            "results": [
+                {"outputs": {
+                    name: {"datatype": t.datatype, "shape": list(t.shape), "data": plain(array)}
+                    for name, (t, array) in outputs.items()
+                }}
+                for outputs in results
+            ],
         }))
     else:
         print(f"{response.model}:{response.version} (request id {response.request_id})")
-        for t in response.results[0].outputs:
-            print(f"{t.name} {t.datatype}{list(t.shape)}:\n{np.array2string(outputs[t.name])}")
+        for i, outputs in enumerate(results):
+            if len(results) > 1:
+                print(f"items[{i}]:")
+            for name, (t, array) in outputs.items():
+                print(f"{name} {t.datatype}{list(t.shape)}:\n{np.array2string(array)}")
     return 0
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise TensorgateError(f"{what} {path}: cannot read it: {e.strerror}") from None
+
+
+def _add_items(request: Any, args: argparse.Namespace) -> None:
+    """One item of tensors, or one item per --image / --text / --csv."""
+    given = [k for k in ("tensor", "image", "text", "csv") if getattr(args, k)]
+    if len(given) != 1:
+        raise TensorgateError(
+            "give exactly one kind of input: --tensor NAME=FILE.npy ..., --image FILE ..., "
+            "--text STR ... or --csv FILE ..."
+        )
+    if args.tensor:
+        request.items.add().tensors.tensors.extend(_load_tensor(t) for t in args.tensor)
+    for path in args.image or []:
+        request.items.add().image.data = _read(path, "--image")
+    for text in args.text or []:
+        request.items.add().text.text = text
+    for path in args.csv or []:
+        request.items.add().table.csv = _read(path, "--csv")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -215,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--version", help="model version (default: the model's default version)")
     i.add_argument("--tensor", action="append", metavar="NAME=FILE.npy",
                    help="an input tensor from a .npy file (repeat for each input)")
+    i.add_argument("--image", action="append", metavar="FILE",
+                   help="an image file, one item each (needs the model's image input spec)")
+    i.add_argument("--text", action="append", metavar="STR",
+                   help="a text, one item each (needs the model's text input spec)")
+    i.add_argument("--csv", action="append", metavar="FILE",
+                   help="a CSV file with a header, one item each (needs the table input spec)")
     i.add_argument("--output", action="append", metavar="NAME", help="only these outputs")
     i.add_argument("--address", default="127.0.0.1:8500", help="router gRPC address")
     i.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")

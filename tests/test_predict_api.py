@@ -107,8 +107,9 @@ def test_cli_infer_with_npy_tensors(router: RouterThread, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["model"] == "simple" and answer["version"] == "1"
-    assert answer["outputs"]["OUTPUT0"] == {"datatype": "INT32", "shape": [1, 16],
-                                            "data": (a + b).reshape(-1).tolist()}
+    assert answer["results"][0]["outputs"]["OUTPUT0"] == {
+        "datatype": "INT32", "shape": [1, 16], "data": (a + b).reshape(-1).tolist()
+    }
     text = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert text.returncode == 0 and "OUTPUT1 INT32[1, 16]" in text.stdout
     unknown = subprocess.run([*cmd[:4], "nope", *cmd[5:]], cwd=REPO, capture_output=True,
@@ -117,3 +118,5 @@ def test_cli_infer_with_npy_tensors(router: RouterThread, tmp_path: Path) -> Non
     bad = subprocess.run([*cmd[:7], "--tensor", "INPUT0"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 1 and "NAME=FILE.npy" in bad.stderr
+    both = subprocess.run([*cmd, "--text", "hi"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert both.returncode == 1 and "exactly one kind of input" in both.stderr

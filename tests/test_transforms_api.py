@@ -188,3 +188,40 @@ def test_settings_limits_reach_the_transforms(
         assert "limits.max_text_bytes=10" in info.value.details()
     finally:
         rt.stop()
+
+
+def test_cli_infer_with_images_csv_and_text(
+    transform_router: RouterThread, tmp_path: Path, tokenizer_path: Path  # noqa: F811
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def cli(*args: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "-m", "router", "infer", *args, "--address", transform_router.address,
+             "--json"], cwd=REPO, capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        answer: dict[str, Any] = json.loads(result.stdout)
+        return answer
+
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    a.write_bytes(encoded((12, 9), "PNG", 7))
+    b.write_bytes(encoded((30, 30), "JPEG", 8))
+    answer = cli("img", "--image", str(a), "--image", str(b))
+    local = build(IMAGE_SPEC)
+    for path, result in zip((a, b), answer["results"], strict=True):
+        out = result["outputs"]["OUT"]
+        assert out["shape"] == [1, 3, 8, 8]
+        assert np.array_equal(np.array(out["data"], np.float32),
+                              local.transform([path.read_bytes()])["IMAGE"].reshape(-1))
+    table = tmp_path / "t.csv"
+    table.write_text("alcohol,colour\n12,red\n8,white\n")
+    rows = cli("tab", "--csv", str(table))["results"][0]["outputs"]["OUT"]
+    assert rows["shape"] == [2, 4] and rows["data"] == [1.0, 2000.0, 1.0, 0.0, -1.0, 2000.0, 0.0, 1.0]
+    texts = cli("txt", "--text", "the quick fox", "--text", "")["results"]
+    expected = build(text_spec(tokenizer_path)).transform(["the quick fox", ""])["input_ids"]
+    assert [r["outputs"]["OUT_IDS"]["data"] for r in texts] == expected.tolist()
