@@ -247,6 +247,9 @@ def triton(existing: str | None, workdir: Path) -> Iterator[Target]:
     log("preparing Triton (ensure_triton)")
     try:
         install = ensure_triton(log=log)
+        from devstack.examples import prepare
+
+        prepare(log=log)  # the example repository's trained models need their weights
         server = TritonServer(
             [MODEL_REPOSITORY],
             grpc_port=0,

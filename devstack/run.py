@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from devstack.examples import prepare
 from devstack.triton import REPO_ROOT, TritonServer, ensure_triton
 
 RUN_DIR = REPO_ROOT / ".cache" / "run"
@@ -40,15 +41,28 @@ def _wait_router_ready(proc: subprocess.Popen[bytes], address: str, timeout: flo
     raise RuntimeError(f"the router did not become ready on {address} within {timeout:.0f}s")
 
 
-def _write_example_inputs() -> tuple[Path, Path]:
-    """INPUT0/INPUT1 .npy files for `tensorgate infer simple`."""
+def _write_example_inputs() -> dict[str, Path]:
+    """Files for the example calls: .npy inputs for `simple`, a digit PNG, wine rows as CSV."""
+    import io
+
     import numpy as np
+    from PIL import Image
+
+    from devstack.examples import digits_split, wine_split
 
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    a, b = RUN_DIR / "INPUT0.npy", RUN_DIR / "INPUT1.npy"
-    np.save(a, np.arange(16, dtype=np.int32).reshape(1, 16))
-    np.save(b, np.ones((1, 16), dtype=np.int32))
-    return a, b
+    files = {name: RUN_DIR / name for name in ("INPUT0.npy", "INPUT1.npy", "digit.png", "wine.csv")}
+    np.save(files["INPUT0.npy"], np.arange(16, dtype=np.int32).reshape(1, 16))
+    np.save(files["INPUT1.npy"], np.ones((1, 16), dtype=np.int32))
+    _, images, _, labels = digits_split()
+    out = io.BytesIO()
+    Image.fromarray(np.round(images[0] * 255 / 16).astype(np.uint8), "L").save(out, format="PNG")
+    files["digit.png"].write_bytes(out.getvalue())
+    _, rows, _, _, names = wine_split()
+    files["wine.csv"].write_text(
+        ",".join(names) + "\n" + "\n".join(",".join(str(v) for v in row) for row in rows[:3]) + "\n"
+    )
+    return {name: path.relative_to(REPO_ROOT) for name, path in files.items()}
 
 
 def main() -> int:
@@ -62,6 +76,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     install = ensure_triton()
+    prepare()  # the example models trained at set-up (digits, wine)
     triton = TritonServer([REPO_ROOT / "examples" / "triton"], install=install,
                           log_path=RUN_DIR / "triton.log")
     router: subprocess.Popen[bytes] | None = None
@@ -80,12 +95,15 @@ def main() -> int:
         server = config.load().server
         address = f"{server.host}:{server.grpc_port}"
         _wait_router_ready(router, address)
-        a, b = (p.relative_to(REPO_ROOT) for p in _write_example_inputs())
+        files = _write_example_inputs()
         print(f"""
 tensorgate is serving on {address} (Open Inference Protocol + tensorgate.v1), metrics on
 http://{server.host}:{server.metrics_port}/metrics. Try, in another terminal:
 
-  .venv/bin/tensorgate infer simple --address {address} --tensor INPUT0={a} --tensor INPUT1={b}
+  .venv/bin/tensorgate infer simple --address {address} \\
+      --tensor INPUT0={files["INPUT0.npy"]} --tensor INPUT1={files["INPUT1.npy"]}
+  .venv/bin/tensorgate infer digits --address {address} --image {files["digit.png"]}
+  .venv/bin/tensorgate infer wine --address {address} --csv {files["wine.csv"]}
   .venv/bin/tensorgate models list
   .venv/bin/python examples/simple_client.py --url {address}   # Triton's own client, unchanged
 

@@ -54,8 +54,10 @@ def cancel_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def triton(cancel_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real Triton (CPU) with the example and test model repositories."""
+    from devstack.examples import prepare
     from devstack.triton import TritonServer
 
+    prepare()
     server = TritonServer(
         MODEL_REPOSITORIES,
         log_path=tmp_path_factory.mktemp("triton-log") / "triton.log",

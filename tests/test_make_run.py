@@ -3,6 +3,7 @@ through the router, and Ctrl-C stops everything it started."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,17 @@ def test_make_run_serves_examples_until_ctrl_c(tmp_path: Path) -> None:
         assert client.returncode == 0, client.stdout + client.stderr
         assert "PASS: simple via" in client.stdout
         assert "OUTPUT0 [ 1  2  3  4  5  6  7  8  9 10 11 12 13 14 15 16]" in client.stdout
+        # the example calls it prints work as printed (digits and wine, trained at set-up)
+        printed = log.read_text()
+        for model in ("digits", "wine"):
+            line = next(ln for ln in printed.splitlines() if f"tensorgate infer {model}" in ln)
+            args = line.split("tensorgate infer", 1)[1].split()
+            answer = subprocess.run([sys.executable, "-m", "router", "infer", *args, "--json"],
+                                    cwd=REPO, capture_output=True, text=True, timeout=60)
+            assert answer.returncode == 0, answer.stderr
+            probs = json.loads(answer.stdout)["results"][0]["outputs"]["PROBS"]
+            assert probs["shape"][-1] == {"digits": 10, "wine": 3}[model]
+            assert abs(sum(probs["data"][: probs["shape"][-1]]) - 1.0) < 1e-4
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)

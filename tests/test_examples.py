@@ -1,0 +1,92 @@
+"""The example models trained at set-up answer correctly through the router: `digits` from PNG
+and JPEG images, `wine` from CSV and records, equal to the same model applied offline."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from tensorgate.v1 import inference_pb2, inference_pb2_grpc
+
+from devstack.examples import digits_split, offline_predict, wine_split
+from router.config import load_yaml
+from router.registry import parse_registration
+from router.tensors import to_numpy
+from tests.conftest import REPO, RouterThread
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def examples_router(router: RouterThread, triton: Any) -> RouterThread:
+    """The router with examples/models.yaml registered, as `make run` does."""
+    os.environ["TENSORGATE_EXAMPLE_TRITON"] = triton.grpc_address
+    try:
+        records = parse_registration(load_yaml(REPO / "examples" / "models.yaml"), "examples")
+    finally:
+        del os.environ["TENSORGATE_EXAMPLE_TRITON"]
+    router.run(router.app.admin.register([r for r in records if r.name != "simple"]))
+    return router
+
+
+def predict(address: str, request: inference_pb2.PredictRequest) -> list[np.ndarray]:
+    """Each item's PROBS."""
+    with grpc.insecure_channel(address) as channel:
+        response = inference_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=60)
+    return [
+        next(to_numpy(t.datatype, t.shape, t.data) for t in r.outputs if t.name == "PROBS")
+        for r in response.results
+    ]
+
+
+def digit_file(image: np.ndarray, fmt: str) -> bytes:
+    """A held-out 8x8 digit (values 0..16) as an 8-bit grayscale image file."""
+    pixels = np.round(image * 255 / 16).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "L").save(out, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_digits_from_image_files(examples_router: RouterThread, fmt: str) -> None:
+    _, x_test, _, y_test = digits_split()
+    files = [digit_file(img, fmt) for img in x_test]
+    predicted = []
+    for start in range(0, len(files), 64):  # max_batch_size 64
+        request = inference_pb2.PredictRequest(model="digits")
+        for data in files[start : start + 64]:
+            request.items.add().image.data = data
+        predicted += [int(p.argmax()) for p in predict(examples_router.address, request)]
+    # offline: the same model on the same pixels (decoded locally, scaled back to 0..16)
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("L"), np.float32) for f in files])
+    offline = offline_predict("digits", pixels * np.float32(16 / 255)).argmax(axis=1)
+    assert predicted == offline.tolist()
+    accuracy = float(np.mean(np.array(predicted) == y_test))
+    print(f"digits via the router from {fmt}: accuracy {accuracy:.3f} on {len(files)} held-out images")
+    assert accuracy > 0.9
+
+
+def test_wine_from_csv_and_records(examples_router: RouterThread) -> None:
+    _, x_test, _, y_test, names = wine_split()
+    csv_text = ",".join(names) + "\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in x_test)
+    request = inference_pb2.PredictRequest(model="wine")
+    request.items.add().table.csv = csv_text.encode()
+    (from_csv,) = predict(examples_router.address, request)
+    records = inference_pb2.PredictRequest(model="wine")
+    for row in x_test:
+        records.items.add().table.records.add().values.update(
+            {n: repr(float(v)) for n, v in zip(names, row, strict=True)}
+        )
+    from_records = np.concatenate(predict(examples_router.address, records))
+    offline = offline_predict("wine", x_test.astype(np.float32))
+    assert from_csv.argmax(axis=1).tolist() == offline.argmax(axis=1).tolist()
+    assert from_records.argmax(axis=1).tolist() == offline.argmax(axis=1).tolist()
+    np.testing.assert_allclose(from_csv, offline, rtol=1e-5, atol=1e-6)
+    accuracy = float(np.mean(from_csv.argmax(axis=1) == y_test))
+    print(f"wine via the router: accuracy {accuracy:.3f} on {len(x_test)} held-out rows")
+    assert accuracy > 0.9
