@@ -158,8 +158,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 {"outputs": {
                     name: {"datatype": t.datatype, "shape": list(t.shape), "data": plain(array)}
                     for name, (t, array) in outputs.items()
-                }}
-                for outputs in results
+                }, "classifications": [
+                    {"output": c.output, "row": c.row, "index": c.index, "label": c.label,
+                     "score": c.score}
+                    for c in result.classifications
+                ]}
+                for outputs, result in zip(results, response.results, strict=True)
             ],
         }))
     else:
@@ -169,6 +173,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 print(f"items[{i}]:")
             for name, (t, array) in outputs.items():
                 print(f"{name} {t.datatype}{list(t.shape)}:\n{np.array2string(array)}")
+            for c in response.results[i].classifications:
+                row = f" row {c.row}" if c.row else ""
+                print(f"{c.output}{row}: {c.label or c.index} (class {c.index}) score {c.score:.4f}")
     return 0
 
 

@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2
 from adapters.base import Backend, BackendPool
 from router import context, metrics, tensors, wire
 from router.config import Settings
-from router.errors import BackendUnavailable, InvalidInput, ModelNotFound
+from router.errors import BackendError, BackendUnavailable, InvalidInput, ModelNotFound
 from router.registry import ModelVersion, Registry
 from transforms.table import TableTransform
 
@@ -361,7 +361,28 @@ class Dataplane:
         self._check_infer_request(mv, infer)
         infer.model_name, infer.model_version = mv.backend_model, mv.backend_version
         response = await self._call_backend(mv, infer, timeout)
-        return self._split_response(mv, request, response, rows)
+        answer = self._split_response(mv, request, response, rows)
+        if mv.postprocess:
+            self._classify(mv, answer)
+        return answer
+
+    @staticmethod
+    def _classify(mv: ModelVersion, answer: inference_pb2.PredictResponse) -> None:
+        """Adds each item's top classes for the model's classify output specs."""
+        for result in answer.results:
+            by_name = {t.name: t for t in result.outputs}
+            for spec in mv.postprocess:
+                t = by_name.get(spec.output)
+                if t is None:  # the caller asked for other outputs only
+                    continue
+                try:
+                    classes = spec.apply(tensors.to_numpy(t.datatype, t.shape, t.data))
+                except InvalidInput as e:  # the spec does not fit what the model answered
+                    raise BackendError(f"model {mv.name}:{mv.version}: {e.message}") from None
+                for c in classes:
+                    result.classifications.add(
+                        output=spec.output, row=c.row, index=c.index, label=c.label, score=c.score
+                    )
 
     @staticmethod
     def _named_tensors(mv: ModelVersion, i: int, item: inference_pb2.Item) -> dict[str, tensor_pb2.Tensor]:

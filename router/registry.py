@@ -28,6 +28,7 @@ from router.errors import AlreadyExists, InvalidInput, ModelNotFound
 from router.tensors import ITEM_SIZES, check_datatype
 from transforms.base import Transform, TransformLimits
 from transforms.base import build as build_transform
+from transforms.outputs import Classify, build_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class ModelVersion:
     output_names: frozenset[str] = field(compare=False, repr=False, default=frozenset())
     # The input specs by payload kind (image, text, table).
     transforms: Mapping[str, Transform] = field(compare=False, repr=False, default_factory=dict)
+    # The output specs (classify), in registration order.
+    postprocess: tuple[Classify, ...] = field(compare=False, repr=False, default=())
 
     @functools.cached_property
     def request_rename(self) -> bytes:
@@ -109,6 +112,19 @@ class ModelVersion:
         transforms = build_transforms(record, limits)
         if inputs:
             _check_transform_outputs(record, transforms, {t.name: t for t in inputs})
+        where = f"model {record.name}:{record.version}"
+        try:
+            postprocess = tuple(build_postprocess(
+                [_plain(json_format.MessageToDict(s)) for s in record.postprocess]
+            ))
+        except InvalidInput as e:
+            raise InvalidInput(f"{where}: {e.message}") from None
+        for spec in postprocess:
+            if outputs and spec.output not in {t.name for t in outputs}:
+                raise InvalidInput(
+                    f"{where}: a classify spec names output {spec.output!r}, which the model does "
+                    f"not have (outputs: {', '.join(t.name for t in outputs)})"
+                )
         return cls(
             name=record.name,
             version=record.version,
@@ -123,6 +139,7 @@ class ModelVersion:
             input_map={t.name: t for t in inputs},
             output_names=frozenset(t.name for t in outputs),
             transforms=transforms,
+            postprocess=postprocess,
         )
 
 

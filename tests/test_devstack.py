@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from devstack.examples import prepare
 from devstack.triton import REPO_ROOT, TritonServer, ensure_triton
 
 EXAMPLES = REPO_ROOT / "examples" / "triton"
@@ -42,6 +43,7 @@ def _process_gone(pid: int) -> bool:
 def test_triton_server_serves_and_stops(tmp_path: Path) -> None:
     """Start on free ports with both repositories, infer `simple` and `dtypes`, stop cleanly."""
     install = ensure_triton()
+    prepare()  # the trained example models' weights
     server = TritonServer([EXAMPLES, TEST_MODELS], install=install, log_path=tmp_path / "triton.log")
     server.start(timeout=60)
     pid = server.pid

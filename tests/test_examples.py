@@ -35,13 +35,18 @@ def examples_router(router: RouterThread, triton: Any) -> RouterThread:
 
 
 def predict(address: str, request: inference_pb2.PredictRequest) -> list[np.ndarray]:
-    """Each item's PROBS."""
+    """Each item's PROBS; checks that each item's classifications agree with them."""
     with grpc.insecure_channel(address) as channel:
         response = inference_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=60)
-    return [
-        next(to_numpy(t.datatype, t.shape, t.data) for t in r.outputs if t.name == "PROBS")
-        for r in response.results
-    ]
+    out = []
+    for r in response.results:
+        probs = next(to_numpy(t.datatype, t.shape, t.data) for t in r.outputs if t.name == "PROBS")
+        best = [c for c in r.classifications if c.index == probs[c.row].argmax()]
+        assert len(best) == len(probs), "every row's best class is among its classifications"
+        for c in r.classifications:
+            assert c.score == pytest.approx(float(probs[c.row, c.index]), rel=1e-6)
+        out.append(probs)
+    return out
 
 
 def digit_file(image: np.ndarray, fmt: str) -> bytes:
@@ -66,6 +71,13 @@ def test_digits_from_image_files(examples_router: RouterThread, fmt: str) -> Non
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("L"), np.float32) for f in files])
     offline = offline_predict("digits", pixels * np.float32(16 / 255)).argmax(axis=1)
     assert predicted == offline.tolist()
+    one = inference_pb2.PredictRequest(model="digits")
+    one.items.add().image.data = files[0]
+    with grpc.insecure_channel(examples_router.address) as channel:
+        answer = inference_pb2_grpc.InferenceServiceStub(channel).Predict(one, timeout=60)
+    top = answer.results[0].classifications
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    assert len(top) == 3 and top[0].label == names[offline[0]] and top[0].score >= top[1].score
     accuracy = float(np.mean(np.array(predicted) == y_test))
     print(f"digits via the router from {fmt}: accuracy {accuracy:.3f} on {len(files)} held-out images")
     assert accuracy > 0.9

@@ -25,7 +25,7 @@ class Backend(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "version", "backend", "inputs", "outputs", "max_batch_size", "description", "created_at", "transforms")
+    __slots__ = ("name", "version", "backend", "inputs", "outputs", "max_batch_size", "description", "created_at", "transforms", "postprocess")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class ModelVersion(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     backend: Backend
@@ -44,7 +45,8 @@ class ModelVersion(_message.Message):
     description: str
     created_at: _timestamp_pb2.Timestamp
     transforms: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
+    postprocess: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., postprocess: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("model",)
