@@ -22,7 +22,6 @@ from router import context, metrics, tensors, wire
 from router.config import Settings
 from router.errors import BackendError, BackendUnavailable, InvalidInput, ModelNotFound
 from router.registry import ModelVersion, Registry
-from transforms.table import TableTransform
 
 SERVER_NAME = "tensorgate"
 
@@ -425,13 +424,7 @@ class Dataplane:
                 payloads.append(_table_csv(model, i, payload))
         loop = asyncio.get_running_loop()
         try:
-            if isinstance(transform, TableTransform):  # a CSV item may hold several rows
-                arrays, rows = await loop.run_in_executor(
-                    None, transform.transform_with_counts, payloads
-                )
-            else:
-                arrays = await loop.run_in_executor(None, transform.transform, payloads)
-                rows = [1] * len(items)
+            arrays, rows = await loop.run_in_executor(None, transform.transform_rows, payloads)
         except InvalidInput as e:
             raise InvalidInput(f"{model}: {e.message}") from None
         infer = service_pb2.ModelInferRequest()

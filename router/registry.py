@@ -112,19 +112,8 @@ class ModelVersion:
         transforms = build_transforms(record, limits)
         if inputs:
             _check_transform_outputs(record, transforms, {t.name: t for t in inputs})
-        where = f"model {record.name}:{record.version}"
-        try:
-            postprocess = tuple(build_postprocess(
-                [_plain(json_format.MessageToDict(s)) for s in record.postprocess]
-            ))
-        except InvalidInput as e:
-            raise InvalidInput(f"{where}: {e.message}") from None
-        for spec in postprocess:
-            if outputs and spec.output not in {t.name for t in outputs}:
-                raise InvalidInput(
-                    f"{where}: a classify spec names output {spec.output!r}, which the model does "
-                    f"not have (outputs: {', '.join(t.name for t in outputs)})"
-                )
+        output_names = frozenset(t.name for t in outputs)
+        postprocess = _build_postprocess(record, output_names)
         return cls(
             name=record.name,
             version=record.version,
@@ -137,7 +126,7 @@ class ModelVersion:
             max_batch_size=record.max_batch_size,
             record=record,
             input_map={t.name: t for t in inputs},
-            output_names=frozenset(t.name for t in outputs),
+            output_names=output_names,
             transforms=transforms,
             postprocess=postprocess,
         )
@@ -170,6 +159,24 @@ def build_transforms(
             raise InvalidInput(f"{where}: a second {transform.kind} spec; give one per kind")
         out[transform.kind] = transform
     return out
+
+
+def _build_postprocess(
+    record: registry_pb2.ModelVersion, output_names: frozenset[str]
+) -> tuple[Classify, ...]:
+    """The record's output specs; each must name an output the model has (when known)."""
+    where = f"model {record.name}:{record.version}"
+    try:
+        specs = build_postprocess([_plain(json_format.MessageToDict(s)) for s in record.postprocess])
+    except InvalidInput as e:
+        raise InvalidInput(f"{where}: {e.message}") from None
+    for spec in specs:
+        if output_names and spec.output not in output_names:
+            raise InvalidInput(
+                f"{where}: a classify spec names output {spec.output!r}, which the model does "
+                f"not have (outputs: {', '.join(sorted(output_names))})"
+            )
+    return tuple(specs)
 
 
 def _check_transform_outputs(

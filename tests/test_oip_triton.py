@@ -275,7 +275,7 @@ def test_deadline_shorter_than_backend_is_deadline_exceeded_and_cancels(
     with pytest.raises(InferenceServerException) as info:
         client.infer("slow", [t], client_timeout=0.5)
     assert "Deadline" in str(info.value) or "DEADLINE" in str(info.value)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 3  # the deadline, not the model's 5 s
     # the router cancelled its backend call: the model saw the cancellation long before 5 s
     deadline = time.monotonic() + 3
     while _cancel_count(cancel_log) == before and time.monotonic() < deadline:

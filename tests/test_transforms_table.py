@@ -198,7 +198,7 @@ def test_several_items_with_different_row_counts() -> None:
     transform = one([{"name": "a"}, {"name": "b", "default": 0}])
     items: list[Any] = [b"a,b\n1,2\n3,4\n5,6\n", {"a": 7}, b"b,a\n\n8,9\n\n", {"a": "10", "b": "11"}]
     assert transform.row_counts(items) == [3, 1, 1, 1]
-    tensors, counts = transform.transform_with_counts(items)
+    tensors, counts = transform.transform_rows(items)
     assert counts == [3, 1, 1, 1]
     expected = [[1, 2], [3, 4], [5, 6], [7, 0], [9, 8], [10, 11]]
     np.testing.assert_array_equal(tensors["x"], np.array(expected, dtype=np.float32))

@@ -66,6 +66,11 @@ class Transform(abc.ABC):
         naming `items[i]` and the rule.
         """
 
+    def transform_rows(self, items: Sequence[Any]) -> tuple[dict[str, np.ndarray], list[int]]:
+        """transform(), and how many batch rows each item became (one each, unless a kind's
+        items can hold several, like CSV tables)."""
+        return self.transform(items), [1] * len(items)
+
 
 def item_error(index: int, error: InvalidInput) -> InvalidInput:
     """The same error, prefixed with the item it belongs to."""

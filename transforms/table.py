@@ -262,7 +262,7 @@ class TableTransform(Transform):
 
     def transform(self, items: Sequence[Any]) -> dict[str, np.ndarray]:
         """The (rows, features) tensor for all the items' rows, in item order."""
-        return self.transform_with_counts(items)[0]
+        return self.transform_rows(items)[0]
 
     def row_counts(self, items: Sequence[Any]) -> list[int]:
         """How many batch rows each item gives (a record 1, a CSV item its data rows).
@@ -271,8 +271,9 @@ class TableTransform(Transform):
         """
         return [table.rows for table in self.read(items)]
 
-    def transform_with_counts(self, items: Sequence[Any]) -> tuple[dict[str, np.ndarray], list[int]]:
-        """The tensors of `transform` and the `row_counts` of the items, from one parse."""
+    def transform_rows(self, items: Sequence[Any]) -> tuple[dict[str, np.ndarray], list[int]]:
+        """The tensors of `transform` and the `row_counts` of the items, from one parse
+        (a CSV item holds as many batch rows as it has data rows)."""
         tables = self.read(items)
         counts = [t.rows for t in tables]
         total = sum(counts)
