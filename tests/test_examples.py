@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tensorgate.v1 import inference_pb2, inference_pb2_grpc
 
-from devstack.examples import digits_split, offline_predict, wine_split
+from devstack.examples import digits_split, offline_predict, prepare, wine_split
 from router.config import load_yaml
 from router.registry import parse_registration
 from router.tensors import to_numpy
@@ -26,10 +26,11 @@ pytestmark = pytest.mark.integration
 def examples_router(router: RouterThread, triton: Any) -> RouterThread:
     """The router with examples/models.yaml registered, as `make run` does."""
     os.environ["TENSORGATE_EXAMPLE_TRITON"] = triton.grpc_address
+    os.environ["TENSORGATE_MINILM_TOKENIZER"] = str(prepare())
     try:
         records = parse_registration(load_yaml(REPO / "examples" / "models.yaml"), "examples")
     finally:
-        del os.environ["TENSORGATE_EXAMPLE_TRITON"]
+        del os.environ["TENSORGATE_EXAMPLE_TRITON"], os.environ["TENSORGATE_MINILM_TOKENIZER"]
     router.run(router.app.admin.register([r for r in records if r.name != "simple"]))
     return router
 
@@ -102,3 +103,25 @@ def test_wine_from_csv_and_records(examples_router: RouterThread) -> None:
     accuracy = float(np.mean(from_csv.argmax(axis=1) == y_test))
     print(f"wine via the router: accuracy {accuracy:.3f} on {len(x_test)} held-out rows")
     assert accuracy > 0.9
+
+
+def test_minilm_embeddings_equal_sentence_transformers(examples_router: RouterThread) -> None:
+    """Text through the router's tokenizer spec and the numpy BERT in Triton gives the same
+    embeddings as sentence-transformers running the model directly."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["A router in front of Triton.", "Café crème brûlée", "東京は日本の首都です", "",
+             "tensors travel as raw bytes " * 40]
+    request = inference_pb2.PredictRequest(model="minilm")
+    for text in texts:
+        request.items.add().text.text = text
+    with grpc.insecure_channel(examples_router.address) as channel:
+        response = inference_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=120)
+    got = np.concatenate([
+        to_numpy(t.datatype, t.shape, t.data) for r in response.results for t in r.outputs
+    ])
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model_dir = prepare().parent
+    direct = SentenceTransformer(str(model_dir), device="cpu").encode(texts, convert_to_numpy=True)
+    assert got.shape == (len(texts), 384)
+    np.testing.assert_allclose(got, direct, atol=1e-4)
