@@ -125,3 +125,25 @@ def test_minilm_embeddings_equal_sentence_transformers(examples_router: RouterTh
     direct = SentenceTransformer(str(model_dir), device="cpu").encode(texts, convert_to_numpy=True)
     assert got.shape == (len(texts), 384)
     np.testing.assert_allclose(got, direct, atol=1e-4)
+
+
+def test_minilm_from_the_cli(examples_router: RouterThread) -> None:
+    import json
+    import subprocess
+    import sys
+
+    text = "A router in front of Triton."
+    result = subprocess.run(
+        [sys.executable, "-m", "router", "infer", "minilm", "--text", text, "--address",
+         examples_router.address, "--json"], cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    embedding = json.loads(result.stdout)["results"][0]["outputs"]["EMBEDDING"]
+    assert embedding["shape"] == [1, 384]
+    request = inference_pb2.PredictRequest(model="minilm")
+    request.items.add().text.text = text
+    with grpc.insecure_channel(examples_router.address) as channel:
+        response = inference_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=60)
+    (out,) = response.results[0].outputs
+    assert np.allclose(embedding["data"], to_numpy(out.datatype, out.shape, out.data).reshape(-1))
+    assert abs(np.linalg.norm(embedding["data"]) - 1.0) < 1e-5
