@@ -119,6 +119,14 @@ def router(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ro
     rt.stop()
 
 
+def predict(address: str, request: Any, timeout: float = 20) -> Any:
+    """One tensorgate.v1.InferenceService/Predict call on a fresh channel."""
+    from tensorgate.v1 import inference_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        return inference_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=timeout)
+
+
 def oip_stub(address: str) -> tuple[grpc.Channel, service_pb2_grpc.GRPCInferenceServiceStub]:
     """A plain gRPC channel and Open Inference Protocol stub."""
     channel = grpc.insecure_channel(address)

@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tensorgate.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
+from tensorgate.v1 import inference_pb2, tensor_pb2
 
 from router.tensors import from_numpy, to_numpy
-from tests.conftest import REPO, RouterThread
+from tests.conftest import REPO, RouterThread, predict
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +21,6 @@ pytestmark = pytest.mark.integration
 def tensor(name: str, array: np.ndarray) -> tensor_pb2.Tensor:
     datatype, shape, data = from_numpy(array)
     return tensor_pb2.Tensor(name=name, datatype=datatype, shape=shape, data=data)
-
-
-def predict(address: str, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
-    with grpc.insecure_channel(address) as channel:
-        response: inference_pb2.PredictResponse = inference_pb2_grpc.InferenceServiceStub(
-            channel
-        ).Predict(request, timeout=10)
-        return response
 
 
 def test_items_become_one_batch_and_each_gets_its_rows(router: RouterThread) -> None:

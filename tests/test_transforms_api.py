@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from tensorgate.v1 import inference_pb2, inference_pb2_grpc
+from tensorgate.v1 import inference_pb2
 
 from router.registry import parse_registration
 from router.tensors import to_numpy
-from tests.conftest import RouterThread
+from tests.conftest import RouterThread, predict
 from tests.test_transforms_text import tokenizer_path  # noqa: F401  (session fixture)
 from transforms.base import build
 
@@ -48,14 +48,6 @@ def transform_router(router: RouterThread, triton: Any, tokenizer_path: Path) ->
     ]}, "transform tests")
     router.run(router.app.admin.register(records))
     return router
-
-
-def predict(address: str, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
-    with grpc.insecure_channel(address) as channel:
-        response: inference_pb2.PredictResponse = inference_pb2_grpc.InferenceServiceStub(
-            channel
-        ).Predict(request, timeout=20)
-        return response
 
 
 def outputs(result: inference_pb2.ItemResult) -> dict[str, np.ndarray]:
