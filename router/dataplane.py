@@ -360,7 +360,7 @@ class Dataplane:
         self._check_infer_request(mv, infer)
         infer.model_name, infer.model_version = mv.backend_model, mv.backend_version
         response = await self._call_backend(mv, infer, timeout)
-        answer = self._split_response(mv, request, response, rows)
+        answer = self._split_response(mv, response, rows)
         if mv.postprocess:
             self._classify(mv, answer)
         return answer
@@ -478,10 +478,7 @@ class Dataplane:
 
     @staticmethod
     def _split_response(
-        mv: ModelVersion,
-        request: inference_pb2.PredictRequest,
-        response: service_pb2.ModelInferResponse,
-        rows: list[int],
+        mv: ModelVersion, response: service_pb2.ModelInferResponse, rows: list[int]
     ) -> inference_pb2.PredictResponse:
         """Gives each item its own rows of every output."""
         out = inference_pb2.PredictResponse(model=mv.name, version=mv.version)
