@@ -138,6 +138,8 @@ class App:
         # start() may have failed part-way: close what it opened.
         if hasattr(self, "server"):
             await self.server.stop(grace=0.5)
+        if hasattr(self, "dataplane"):
+            await self.dataplane.close()
         if hasattr(self, "backends"):
             await self.backends.close()
         if self._metrics_server is not None:

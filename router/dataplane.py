@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2
 
 from adapters.base import Backend, BackendPool
 from router import context, metrics, tensors, wire
+from router.batching import Batcher
 from router.config import Settings
 from router.errors import BackendError, BackendUnavailable, InvalidInput, ModelNotFound
 from router.registry import ModelVersion, Registry
@@ -61,6 +62,9 @@ class Dataplane:
         # input sizes); emptied whenever the registry reloads.
         self._headers: dict[bytes, tuple[ModelVersion, tuple[int, ...]]] = {}
         self._headers_generation = -1
+        # Router-side batchers by (model, version); retired ones were replaced by a new policy.
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._retired: list[Batcher] = []
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -183,6 +187,11 @@ class Dataplane:
             mv = self._resolve(request.model_name, request.model_version)
             typed = not request.raw_input_contents and len(request.inputs) > 0
             self._check_infer_request(mv, request)
+            if mv.batching is not None:  # the batcher merges messages: no byte forwarding
+                request.model_name, request.model_version = mv.backend_model, mv.backend_version
+                response_msg = await self._call_backend(mv, request, timeout)
+                response_msg.model_name, response_msg.model_version = mv.name, mv.version
+                return response_msg.SerializeToString()
             if typed:  # typed contents became raw: the message changed
                 request.model_name, request.model_version = mv.backend_model, mv.backend_version
                 data = request.SerializeToString()
@@ -201,6 +210,46 @@ class Dataplane:
         return response + mv.response_rename
 
     async def _call_backend(
+        self, mv: ModelVersion, request: service_pb2.ModelInferRequest, timeout: float | None
+    ) -> service_pb2.ModelInferResponse:
+        """The backend's answer: through the version's batcher when it batches, else directly."""
+        if mv.batching is not None:
+            deadline = asyncio.get_running_loop().time() + self._timeout(timeout)
+            return await self._batcher(mv).submit(request, deadline)
+        return await self._direct_call(mv, request, timeout)
+
+    def _batcher(self, mv: ModelVersion) -> Batcher:
+        """The batcher of a model version, made on first use (inside the running loop)."""
+        key = (mv.name, mv.version)
+        batcher = self._batchers.get(key)
+        if batcher is not None and batcher.policy == mv.batching:
+            return batcher
+        if batcher is not None:  # the policy changed: the old one finishes what it holds
+            self._retired.append(batcher)
+        name, version = key
+        assert mv.batching is not None
+
+        async def call(
+            request: service_pb2.ModelInferRequest, timeout: float | None
+        ) -> service_pb2.ModelInferResponse:
+            # the current registration: endpoints may have changed since the batcher was made
+            return await self._direct_call(self.registry.resolve(name, version), request, timeout)
+
+        def on_batch(rows: int, trigger: str, waits: list[float]) -> None:
+            metrics.observe_batch(name, version, rows, trigger, waits)
+
+        batcher = Batcher(mv.batching, call, on_batch=on_batch, name=f"{name}:{version}")
+        self._batchers[key] = batcher
+        return batcher
+
+    async def close(self) -> None:
+        """Stops the batchers (calls still waiting in them get UNAVAILABLE)."""
+        batchers = [*self._batchers.values(), *self._retired]
+        self._batchers, self._retired = {}, []
+        for batcher in batchers:
+            await batcher.close()
+
+    async def _direct_call(
         self, mv: ModelVersion, request: service_pb2.ModelInferRequest, timeout: float | None
     ) -> service_pb2.ModelInferResponse:
         backend = self._pick_backend(mv)

@@ -91,7 +91,24 @@ BACKEND_LATENCY = FastHistogram(
     ["model", "version", "backend"],
     BUCKETS,
 )
-for _collector in (REQUESTS, REQUEST_LATENCY, BACKEND_LATENCY):
+BATCH_ROWS = FastHistogram(
+    "tensorgate_batch_rows",
+    "Rows in each backend call made by router-side batching, by model and version.",
+    ["model", "version"],
+    (1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+QUEUE_WAIT = FastHistogram(
+    "tensorgate_batch_queue_wait_seconds",
+    "Time calls waited in the batching queue, by model and version.",
+    ["model", "version"],
+    BUCKETS,
+)
+BATCHES = FastCounter(
+    "tensorgate_batches",
+    "Backend calls made by router-side batching, by model, version and trigger (size, delay).",
+    ["model", "version", "trigger"],
+)
+for _collector in (REQUESTS, REQUEST_LATENCY, BACKEND_LATENCY, BATCH_ROWS, QUEUE_WAIT, BATCHES):
     REGISTRY.register(_collector)
 
 INFLIGHT = Gauge(
@@ -109,3 +126,11 @@ def observe_call(model: str, version: str, method: str, code: str, seconds: floa
 def observe_backend(model: str, version: str, backend: str, seconds: float) -> None:
     """Records the latency of one backend call."""
     BACKEND_LATENCY.observe((model, version, backend), seconds)
+
+
+def observe_batch(model: str, version: str, rows: int, trigger: str, waits: list[float]) -> None:
+    """Records one batched backend call: its rows, trigger and each member's queue wait."""
+    BATCH_ROWS.observe((model, version), rows)
+    BATCHES.inc((model, version, trigger))
+    for wait in waits:
+        QUEUE_WAIT.observe((model, version), wait)

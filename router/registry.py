@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from tensorgate.v1 import registry_pb2, tensor_pb2
 
 from router import wire
+from router.batching import BatchPolicy
 from router.errors import AlreadyExists, InvalidInput, ModelNotFound
 from router.tensors import ITEM_SIZES, check_datatype
 from transforms.base import Transform, TransformLimits
@@ -81,6 +82,8 @@ class ModelVersion:
     transforms: Mapping[str, Transform] = field(compare=False, repr=False, default_factory=dict)
     # The output specs (classify), in registration order.
     postprocess: tuple[Classify, ...] = field(compare=False, repr=False, default=())
+    # Router-side dynamic batching, when the registration asks for it.
+    batching: BatchPolicy | None = field(compare=False, repr=False, default=None)
 
     @functools.cached_property
     def request_rename(self) -> bytes:
@@ -114,6 +117,7 @@ class ModelVersion:
             _check_transform_outputs(record, transforms, {t.name: t for t in inputs})
         output_names = frozenset(t.name for t in outputs)
         postprocess = _build_postprocess(record, output_names)
+        batching = _batch_policy(record)
         return cls(
             name=record.name,
             version=record.version,
@@ -129,6 +133,7 @@ class ModelVersion:
             output_names=output_names,
             transforms=transforms,
             postprocess=postprocess,
+            batching=batching,
         )
 
 
@@ -159,6 +164,29 @@ def build_transforms(
             raise InvalidInput(f"{where}: a second {transform.kind} spec; give one per kind")
         out[transform.kind] = transform
     return out
+
+
+def _batch_policy(record: registry_pb2.ModelVersion) -> BatchPolicy | None:
+    """The record's batching block as a policy; InvalidInput names what is wrong."""
+    if not record.HasField("batching"):
+        return None
+    b = record.batching
+    where = f"model {record.name}:{record.version}: batching"
+    if record.max_batch_size == 0 and record.inputs:
+        raise InvalidInput(f"{where}: the model does not batch (max_batch_size 0)")
+    if record.max_batch_size and b.max_batch_size > record.max_batch_size:
+        raise InvalidInput(
+            f"{where}.max_batch_size {b.max_batch_size} exceeds the model's {record.max_batch_size}"
+        )
+    try:
+        return BatchPolicy(
+            max_batch_size=b.max_batch_size,
+            max_queue_delay_us=b.max_queue_delay_us,
+            preferred_sizes=tuple(b.preferred_sizes),
+            max_queue_depth=b.max_queue_depth or 1024,
+        )
+    except ValueError as e:
+        raise InvalidInput(f"{where}: {e}") from None
 
 
 def _build_postprocess(

@@ -25,7 +25,7 @@ class Backend(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "version", "backend", "inputs", "outputs", "max_batch_size", "description", "created_at", "transforms", "postprocess")
+    __slots__ = ("name", "version", "backend", "inputs", "outputs", "max_batch_size", "description", "created_at", "transforms", "postprocess", "batching")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class ModelVersion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     POSTPROCESS_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     backend: Backend
@@ -46,7 +47,20 @@ class ModelVersion(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     transforms: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     postprocess: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., postprocess: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
+    batching: Batching
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., postprocess: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ...) -> None: ...
+
+class Batching(_message.Message):
+    __slots__ = ("max_batch_size", "max_queue_delay_us", "preferred_sizes", "max_queue_depth")
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_SIZES_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    max_batch_size: int
+    max_queue_delay_us: int
+    preferred_sizes: _containers.RepeatedScalarFieldContainer[int]
+    max_queue_depth: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., preferred_sizes: _Optional[_Iterable[int]] = ..., max_queue_depth: _Optional[int] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("model",)
