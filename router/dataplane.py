@@ -25,6 +25,8 @@ from router.errors import BackendError, BackendUnavailable, InvalidInput, ModelN
 from router.registry import ModelVersion, Registry
 
 SERVER_NAME = "tensorgate"
+# Distinct validated request headers remembered (a few per model and batch size is typical).
+HEADER_CACHE_SIZE = 4096
 
 
 def _table_csv(model: str, index: int, payload: inference_pb2.TablePayload) -> bytes:
@@ -45,8 +47,6 @@ def _table_csv(model: str, index: int, payload: inference_pb2.TablePayload) -> b
     for record in payload.records:
         writer.writerow(dict(record.values))
     return out.getvalue().encode()
-# Distinct validated request headers remembered (a few per model and batch size is typical).
-HEADER_CACHE_SIZE = 4096
 
 
 class Dataplane:
@@ -83,10 +83,15 @@ class Dataplane:
     def _resolve(self, name: str, version: str) -> ModelVersion:
         """The model version to serve, recording it for the call's metrics."""
         mv = self.registry.resolve(name, version)
-        call = context.current.get()
-        if call is not None:  # the front's metrics are labelled with the resolved version
-            call.model, call.version = mv.name, mv.version
+        self._label_call(mv)
         return mv
+
+    @staticmethod
+    def _label_call(mv: ModelVersion) -> None:
+        """Records the resolved version on the call, for the front's metrics and access log."""
+        call = context.current.get()
+        if call is not None:
+            call.model, call.version = mv.name, mv.version
 
     def model_metadata(self, name: str, version: str) -> service_pb2.ModelMetadataResponse:
         """The registered tensor metadata of a model version."""
@@ -154,11 +159,15 @@ class Dataplane:
         """Open Inference Protocol inference; the request is checked and forwarded in place."""
         mv = self._resolve(request.model_name, request.model_version)
         self._check_infer_request(mv, request)
-        request.model_name = mv.backend_model
-        request.model_version = mv.backend_version
+        return await self._infer(mv, request, timeout)
+
+    async def _infer(
+        self, mv: ModelVersion, request: service_pb2.ModelInferRequest, timeout: float | None
+    ) -> service_pb2.ModelInferResponse:
+        """A checked request, sent under the backend's model name; answered under tensorgate's."""
+        request.model_name, request.model_version = mv.backend_model, mv.backend_version
         response = await self._call_backend(mv, request, timeout)
-        response.model_name = mv.name
-        response.model_version = mv.version
+        response.model_name, response.model_version = mv.name, mv.version
         return response
 
     async def model_infer_bytes(self, data: bytes, timeout: float | None) -> bytes:
@@ -178,9 +187,7 @@ class Dataplane:
             cached = self._headers.get(scanned[0])
         if cached is not None and scanned is not None and cached[1] == scanned[1]:
             mv = cached[0]
-            call = context.current.get()
-            if call is not None:
-                call.model, call.version = mv.name, mv.version
+            self._label_call(mv)
             data += mv.request_rename
         else:
             request = wire.parse(service_pb2.ModelInferRequest, data)
@@ -188,10 +195,7 @@ class Dataplane:
             typed = not request.raw_input_contents and len(request.inputs) > 0
             self._check_infer_request(mv, request)
             if mv.batching is not None:  # the batcher merges messages: no byte forwarding
-                request.model_name, request.model_version = mv.backend_model, mv.backend_version
-                response_msg = await self._call_backend(mv, request, timeout)
-                response_msg.model_name, response_msg.model_version = mv.name, mv.version
-                return response_msg.SerializeToString()
+                return (await self._infer(mv, request, timeout)).SerializeToString()
             if typed:  # typed contents became raw: the message changed
                 request.model_name, request.model_version = mv.backend_model, mv.backend_version
                 data = request.SerializeToString()
@@ -403,13 +407,11 @@ class Dataplane:
             infer, rows = self._batch_items(mv, [self._named_tensors(mv, i, item)
                                                  for i, item in enumerate(items)])
         else:
-            infer, rows = await self._transform_items(mv, kind or "", items)
+            infer, rows = await self._transform_items(mv, str(kind), items)
         for name in request.outputs:
             infer.outputs.add(name=name)
         self._check_infer_request(mv, infer)
-        infer.model_name, infer.model_version = mv.backend_model, mv.backend_version
-        response = await self._call_backend(mv, infer, timeout)
-        answer = self._split_response(mv, response, rows)
+        answer = self._split_response(mv, await self._infer(mv, infer, timeout), rows)
         if mv.postprocess:
             self._classify(mv, answer)
         return answer
