@@ -179,11 +179,12 @@ def _batch_policy(record: registry_pb2.ModelVersion) -> BatchPolicy | None:
             f"{where}.max_batch_size {b.max_batch_size} exceeds the model's {record.max_batch_size}"
         )
     try:
+        depth = {"max_queue_depth": b.max_queue_depth} if b.max_queue_depth else {}
         return BatchPolicy(
             max_batch_size=b.max_batch_size,
             max_queue_delay_us=b.max_queue_delay_us,
             preferred_sizes=tuple(b.preferred_sizes),
-            max_queue_depth=b.max_queue_depth or 1024,
+            **depth,  # unset: the policy's own default
         )
     except ValueError as e:
         raise InvalidInput(f"{where}: {e}") from None
@@ -405,22 +406,31 @@ class Registry:
         self._seen_version = -1
         # Bumped by every load(); caches of resolved model versions compare it.
         self.generation = 0
+        # The model versions of the last load, by their record's bytes.
+        self._built: dict[bytes, ModelVersion] = {}
 
     def load(self) -> None:
         """Reads every record from the store (skipping, with a log line, any invalid one)."""
         self._seen_version = self.store.data_version()
         models: dict[str, dict[str, ModelVersion]] = {}
+        built: dict[bytes, ModelVersion] = {}
         for record in self.store.records():
-            try:
-                mv = ModelVersion.from_record(record, self.limits)
-            except InvalidInput as e:
-                log.error("registry: skipping %s:%s: %s", record.name, record.version, e)
-                continue
+            # An unchanged record keeps its ModelVersion: its transforms (tokenizers, ...) are
+            # not built again on every registry change.
+            key = record.SerializeToString(deterministic=True)
+            mv = self._built.get(key)
+            if mv is None:
+                try:
+                    mv = ModelVersion.from_record(record, self.limits)
+                except InvalidInput as e:
+                    log.error("registry: skipping %s:%s: %s", record.name, record.version, e)
+                    continue
+            built[key] = mv
             models.setdefault(mv.name, {})[mv.version] = mv
         defaults = {
             name: versions[max(versions, key=version_key)] for name, versions in models.items()
         }
-        self._models, self._defaults = models, defaults
+        self._models, self._defaults, self._built = models, defaults, built
         self.generation += 1
 
     def changed(self) -> bool:

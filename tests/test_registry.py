@@ -390,3 +390,16 @@ def test_changed_after_another_store_commits(tmp_path: Path) -> None:
     finally:
         server_store.close()
         cli_store.close()
+
+
+def test_reload_keeps_unchanged_model_versions(tmp_path: Path) -> None:
+    """A registry change rebuilds only the records that changed (transforms are not rebuilt)."""
+    store = RegistryStore(tmp_path / "r.db")
+    store.put([parse_record(entry("a"), "a"), parse_record(entry("b"), "b")])
+    reg = Registry(store)
+    reg.load()
+    a, b = reg.resolve("a"), reg.resolve("b")
+    store.put([parse_record(entry("b"), "b")])  # b re-registered: a new record (created_at)
+    reg.load()
+    assert reg.resolve("a") is a
+    assert reg.resolve("b") is not b and reg.resolve("b").name == "b"
