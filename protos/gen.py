@@ -2,6 +2,8 @@
 
 The generated modules sit beside their .proto sources (protos/tensorgate/v1/*_pb2*.py) and
 install as the `tensorgate` package, so clients import `tensorgate.v1.inference_pb2_grpc`.
+TorchServe's wire API (protos/tensorgate/torchserve/, its own proto packages
+`org.pytorch.serve.grpc.*`) is generated the same way: `tensorgate.torchserve.inference_pb2`.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def main() -> int:
         print(f"generated code is up to date ({len(SOURCES)} protos)")
         return 0
     generate(PROTOS)
-    for init in (PROTOS / "tensorgate" / "__init__.py", PROTOS / "tensorgate" / "v1" / "__init__.py"):
-        init.touch()
+    for package in {PROTOS / "tensorgate", *(PROTOS / s.parent for s in SOURCES)}:
+        (package / "__init__.py").touch()
     print(f"generated {len(generated_files(PROTOS))} files from {len(SOURCES)} protos")
     return 0
 

@@ -39,6 +39,8 @@ def protos_copy(gen: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_sources(gen: ModuleType) -> None:
     assert [str(s) for s in gen.SOURCES] == [
+        "tensorgate/torchserve/inference.proto",
+        "tensorgate/torchserve/management.proto",
         "tensorgate/v1/inference.proto",
         "tensorgate/v1/registry.proto",
         "tensorgate/v1/tensor.proto",
@@ -48,8 +50,10 @@ def test_sources(gen: ModuleType) -> None:
 def test_generated_files_lists_every_output(gen: ModuleType) -> None:
     files = {str(p) for p in gen.generated_files(gen.PROTOS)}
     want = {
-        f"tensorgate/v1/{stem}{suffix}"
-        for stem in ("inference", "registry", "tensor")
+        f"tensorgate/{folder}/{stem}{suffix}"
+        for folder, stems in (("v1", ("inference", "registry", "tensor")),
+                              ("torchserve", ("inference", "management")))
+        for stem in stems
         for suffix in gen.SUFFIXES
     }
     assert files == want
@@ -97,7 +101,7 @@ def test_check_exit_codes(
 ) -> None:
     monkeypatch.setattr(sys, "argv", ["gen.py", "--check"])
     assert gen.main() == 0
-    assert "up to date (3 protos)" in capsys.readouterr().out
+    assert "up to date (5 protos)" in capsys.readouterr().out
     (protos_copy / "tensorgate" / "v1" / "inference_pb2_grpc.py").write_text("# edited by hand\n")
     assert gen.main() == 1
     out = capsys.readouterr().out
