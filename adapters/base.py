@@ -35,6 +35,27 @@ class BackendModelMetadata:
     platform: str
 
 
+def channel_options(
+    options: BackendOptions, min_keepalive_s: float = 0, idle_pings: bool = True
+) -> list[tuple[str, int]]:
+    """gRPC channel options for a backend: message-size limits, keepalive, quick reconnects.
+
+    `min_keepalive_s` and `idle_pings` fit servers that police pings (grpc-java's default
+    answers pings more often than every 5 minutes, or on idle connections, with GOAWAY).
+    """
+    return [
+        ("grpc.max_send_message_length", options.max_message_bytes),
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.keepalive_time_ms", int(max(options.keepalive_s, min_keepalive_s) * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", int(idle_pings)),
+        # Reconnect quickly after a backend restart (default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
 class Backend(abc.ABC):
     """A long-lived connection to one backend endpoint (host:port)."""
 
@@ -104,6 +125,9 @@ class BackendPool:
 
 def default_pool(options: BackendOptions) -> BackendPool:
     """A pool that knows every adapter kind shipped with tensorgate."""
+    from adapters.torchserve import TorchServeBackend
     from adapters.triton import TritonBackend
 
-    return BackendPool({TritonBackend.kind: TritonBackend}, options)
+    return BackendPool(
+        {TritonBackend.kind: TritonBackend, TorchServeBackend.kind: TorchServeBackend}, options
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from adapters.base import Backend, BackendModelMetadata, BackendOptions
+from adapters.base import Backend, BackendModelMetadata, BackendOptions, channel_options
 from router.errors import (
     BackendError,
     BackendUnavailable,
@@ -33,21 +33,7 @@ class TritonBackend(Backend):
 
     def __init__(self, endpoint: str, options: BackendOptions) -> None:
         super().__init__(endpoint, options)
-        keepalive_ms = int(options.keepalive_s * 1000)
-        self._channel = grpc.aio.insecure_channel(
-            endpoint,
-            options=[
-                ("grpc.max_send_message_length", options.max_message_bytes),
-                ("grpc.max_receive_message_length", options.max_message_bytes),
-                ("grpc.keepalive_time_ms", keepalive_ms),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.max_pings_without_data", 0),
-                ("grpc.keepalive_permit_without_calls", 1),
-                # Reconnect quickly after a backend restart (default backoff grows to 120 s).
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2_000),
-            ],
-        )
+        self._channel = grpc.aio.insecure_channel(endpoint, options=channel_options(options))
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         # ModelInfer with bytes in and out: tensors are forwarded without (de)serializing.
         self._infer_bytes = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")

@@ -33,7 +33,7 @@ from transforms.outputs import Classify, build_postprocess
 
 log = logging.getLogger(__name__)
 
-BACKEND_KINDS = ("triton",)
+BACKEND_KINDS = ("triton", "torchserve")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _ENDPOINT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}$")
 
@@ -246,8 +246,12 @@ def validate_record(record: registry_pb2.ModelVersion) -> None:
     if not b.endpoints:
         raise InvalidInput(f"{where}: backend.endpoints needs at least one host:port")
     for ep in b.endpoints:
-        if not _ENDPOINT.match(ep) or not 0 < int(ep.rsplit(":", 1)[1]) < 65536:
-            raise InvalidInput(f"{where}: backend endpoint {ep!r} is not host:port")
+        # torchserve: host:port[/management port] (adapters/torchserve.py; default port + 1)
+        address, _, management = ep.partition("/") if b.kind == "torchserve" else (ep, "", "")
+        ports = [address.rsplit(":", 1)[-1], *([management] if management else [])]
+        if not _ENDPOINT.match(address) or not all(p.isdigit() and 0 < int(p) < 65536 for p in ports):
+            form = "host:port or host:port/management_port" if b.kind == "torchserve" else "host:port"
+            raise InvalidInput(f"{where}: backend endpoint {ep!r} is not {form}")
     if record.max_batch_size < 0:
         raise InvalidInput(f"{where}: max_batch_size must be >= 0")
     for kind, specs in (("inputs", record.inputs), ("outputs", record.outputs)):
