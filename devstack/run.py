@@ -1,9 +1,11 @@
-"""`make run`: a real Triton with the example models, the router in front of it, until Ctrl-C.
+"""`make run`: a real Triton and a real TorchServe with the example models, the router in front
+of them, until Ctrl-C.
 
-Starts Triton on free loopback ports with examples/triton, registers examples/models.yaml in the
-router's registry (embedded default path), starts `tensorgate serve` on its embedded defaults
-(gRPC 127.0.0.1:8500, metrics 8502; TENSORGATE_* variables apply as usual), prints how to call
-it, and stops both on Ctrl-C/SIGTERM.
+Starts Triton on free loopback ports with examples/triton and TorchServe with the example .mars
+(examples/torchserve, built into .cache/torchserve; both start in parallel), registers
+examples/models.yaml in the router's registry (embedded default path), starts `tensorgate serve`
+on its embedded defaults (gRPC 127.0.0.1:8500, metrics 8502; TENSORGATE_* variables apply as
+usual), prints how to call it, and stops all three on Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
 from devstack.examples import prepare
+from devstack.torchserve import EXAMPLE_MODELS, TorchServeServer
 from devstack.triton import REPO_ROOT, TritonServer, ensure_triton
 
 RUN_DIR = REPO_ROOT / ".cache" / "run"
@@ -79,12 +83,19 @@ def main() -> int:
     tokenizer = prepare()  # the example models trained at set-up (digits, wine), minilm's weights
     triton = TritonServer([REPO_ROOT / "examples" / "triton"], install=install,
                           log_path=RUN_DIR / "triton.log")
+    torchserve = TorchServeServer(EXAMPLE_MODELS, workdir=RUN_DIR / "torchserve")
     router: subprocess.Popen[bytes] | None = None
     try:
-        print(f"starting Triton (log: {triton.log_path}) ...", flush=True)
-        triton.start()
-        print(f"Triton ready on {triton.grpc_address}", flush=True)
+        print(f"starting Triton (log: {triton.log_path}) and TorchServe (log: {torchserve.log_path}) ...",
+              flush=True)
+        with ThreadPoolExecutor(2) as pool:
+            started = [pool.submit(triton.start), pool.submit(torchserve.start)]
+            for future in started:
+                future.result()
+        print(f"Triton ready on {triton.grpc_address}, TorchServe on {torchserve.grpc_address}",
+              flush=True)
         env = dict(os.environ, TENSORGATE_EXAMPLE_TRITON=triton.grpc_address,
+                   TENSORGATE_EXAMPLE_TORCHSERVE=torchserve.grpc_address,
                    TENSORGATE_MINILM_TOKENIZER=str(tokenizer))
         tensorgate = [sys.executable, "-m", "router"]
         subprocess.run([*tensorgate, "models", "register", "examples/models.yaml"],
@@ -105,11 +116,12 @@ http://{server.host}:{server.metrics_port}/metrics. Try, in another terminal:
       --tensor INPUT0={files["INPUT0.npy"]} --tensor INPUT1={files["INPUT1.npy"]}
   .venv/bin/tensorgate infer digits --address {address} --image {files["digit.png"]}
   .venv/bin/tensorgate infer wine --address {address} --csv {files["wine.csv"]}
+  .venv/bin/tensorgate infer wine_torch --address {address} --csv {files["wine.csv"]}   # TorchServe
   .venv/bin/tensorgate infer minilm --address {address} --text "A router in front of Triton."
   .venv/bin/tensorgate models list
   .venv/bin/python examples/simple_client.py --url {address}   # Triton's own client, unchanged
 
-Ctrl-C stops the router and Triton.
+Ctrl-C stops the router, Triton and TorchServe.
 """, flush=True)
         while not stop:
             if router.poll() is not None:
@@ -117,6 +129,10 @@ Ctrl-C stops the router and Triton.
                 return 1
             if not triton.running:
                 print(f"Triton exited; its log: {triton.log_path}\n{triton.log_tail(20)}",
+                      file=sys.stderr)
+                return 1
+            if not torchserve.running:
+                print(f"TorchServe exited; its log: {torchserve.log_path}\n{torchserve.log_tail(20)}",
                       file=sys.stderr)
                 return 1
             time.sleep(0.2)
@@ -133,6 +149,7 @@ Ctrl-C stops the router and Triton.
             except subprocess.TimeoutExpired:
                 router.kill()
         triton.stop()
+        torchserve.stop()
 
 
 if __name__ == "__main__":

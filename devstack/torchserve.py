@@ -181,6 +181,7 @@ class TorchServeServer:
 
     def write_config(self) -> Path:
         """Writes config.properties for this server; returns its path."""
+        shutil.rmtree(self.workdir / "tmp", ignore_errors=True)  # a stale pid file of a killed run
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         lines = {

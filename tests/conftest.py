@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Triton, and the router in a thread or a subprocess in front of it."""
+"""Shared fixtures: a real Triton, a real TorchServe, and the router in a thread or a subprocess
+in front of them."""
 
 from __future__ import annotations
 
@@ -63,6 +64,27 @@ def triton(cancel_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         log_path=tmp_path_factory.mktemp("triton-log") / "triton.log",
         env={"TENSORGATE_CANCEL_LOG": str(cancel_log)},
     )
+    server.start()
+    yield server
+    server.stop()
+
+
+def torchserve_models() -> list[Any]:
+    """The .mars the test TorchServe serves: the example wine_torch and the test model probe."""
+    from devstack.torchserve import EXAMPLE_MODELS, MarSpec
+
+    models = REPO / "tests" / "models" / "torchserve"
+    return [*EXAMPLE_MODELS, MarSpec("probe", models / "probe.py", config=models / "probe-config.yaml")]
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real TorchServe (CPU) with wine_torch and probe; gRPC management on its port + 1."""
+    from devstack.examples import prepare
+    from devstack.torchserve import TorchServeServer
+
+    prepare()
+    server = TorchServeServer(torchserve_models(), workdir=tmp_path_factory.mktemp("torchserve"))
     server.start()
     yield server
     server.stop()

@@ -23,14 +23,17 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def examples_router(router: RouterThread, triton: Any) -> RouterThread:
+def examples_router(router: RouterThread, triton: Any, torchserve: Any) -> RouterThread:
     """The router with examples/models.yaml registered, as `make run` does."""
     os.environ["TENSORGATE_EXAMPLE_TRITON"] = triton.grpc_address
+    os.environ["TENSORGATE_EXAMPLE_TORCHSERVE"] = torchserve.grpc_address
     os.environ["TENSORGATE_MINILM_TOKENIZER"] = str(prepare())
     try:
         records = parse_registration(load_yaml(REPO / "examples" / "models.yaml"), "examples")
     finally:
-        del os.environ["TENSORGATE_EXAMPLE_TRITON"], os.environ["TENSORGATE_MINILM_TOKENIZER"]
+        for var in ("TENSORGATE_EXAMPLE_TRITON", "TENSORGATE_EXAMPLE_TORCHSERVE",
+                    "TENSORGATE_MINILM_TOKENIZER"):
+            del os.environ[var]
     router.run(router.app.admin.register([r for r in records if r.name != "simple"]))
     return router
 
