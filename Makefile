@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test unit lint typecheck protos protos-check backends bench clean help
 
 help:
-	@echo "make run    - start Triton with the example models and the router (Ctrl-C stops both)"
+	@echo "make run    - start Triton and TorchServe with the example models and the router (Ctrl-C stops all)"
 	@echo "make test   - install what the tests need, then lint, type-check and run every test"
 	@echo "make bench  - run the foundation benchmark (direct Triton vs bare proxy vs router)"
 	@echo "make protos - regenerate the Python code of protos/"
