@@ -140,8 +140,8 @@ def test_rejects_no_endpoints() -> None:
 
 def test_rejects_unknown_backend_kind() -> None:
     data = entry()
-    data["backend"]["kind"] = "torchserve"
-    message = r"^model simple:1: backend\.kind 'torchserve' is not one of triton$"
+    data["backend"]["kind"] = "onnxruntime"
+    message = r"^model simple:1: backend\.kind 'onnxruntime' is not one of triton, torchserve$"
     with pytest.raises(InvalidInput, match=message):
         parse_registration(data, "s")
 
