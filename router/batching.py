@@ -42,6 +42,11 @@ class BatchPolicy:
     max_queue_delay_us: int
     preferred_sizes: tuple[int, ...] = ()
     max_queue_depth: int = 1024
+    # Batches out at the backend at once: set it to how many the backend runs in parallel (its
+    # instance count). Sending more only queues them there, each having left the router smaller
+    # than it could have been; held back, calls keep gathering into the next batch (Triton's
+    # own batcher waits for a free instance the same way).
+    max_inflight_batches: int = 1
 
     def __post_init__(self) -> None:
         """Raises ValueError for sizes, delays or depths that make no sense."""
@@ -51,6 +56,8 @@ class BatchPolicy:
             raise ValueError(f"max_queue_delay_us must not be negative, got {self.max_queue_delay_us}")
         if self.max_queue_depth < 1:
             raise ValueError(f"max_queue_depth must be positive, got {self.max_queue_depth}")
+        if self.max_inflight_batches < 1:
+            raise ValueError(f"max_inflight_batches must be positive, got {self.max_inflight_batches}")
         for size in self.preferred_sizes:
             if not 1 <= size <= self.max_batch_size:
                 raise ValueError(
@@ -317,10 +324,15 @@ class Batcher:
         return taken
 
     def _flush_ready(self, now: float) -> None:
-        """Starts a batch for every group that is full, at a preferred size, or waited enough."""
+        """Starts a batch for every group that is full, at a preferred size, or waited enough.
+
+        Nothing starts while max_inflight_batches batches are out: the calls keep gathering.
+        """
         delay = self.policy.max_queue_delay_s
         for key in list(self._groups):
             while (group := self._groups.get(key)) is not None:
+                if len(self._in_flight) >= self.policy.max_inflight_batches:
+                    return
                 if group.rows >= self.policy.max_batch_size or group.rows in self.policy.preferred_sizes:
                     trigger = "size"
                 elif now - group.pending[0].enqueued >= delay:
@@ -330,9 +342,11 @@ class Batcher:
                 self._start(self._take(group), trigger, now)
 
     def _next_wakeup(self) -> float | None:
-        """When the scheduler must look again: the next group delay or request deadline."""
+        """When the scheduler must look again: the next group delay (unless batches are held back
+        until one returns, which wakes it) or request deadline."""
         delay = self.policy.max_queue_delay_s
-        times = [g.pending[0].enqueued + delay for g in self._groups.values()]
+        held = len(self._in_flight) >= self.policy.max_inflight_batches
+        times = [] if held else [g.pending[0].enqueued + delay for g in self._groups.values()]
         if len(self._deadlines) > 2 * self._waiting + 64:  # drop sent requests' entries (and bytes)
             self._deadlines = [d for d in self._deadlines if d[2].queued]
             heapq.heapify(self._deadlines)
@@ -360,7 +374,29 @@ class Batcher:
         """Runs one batch in its own task."""
         task = self._loop.create_task(self._run_batch(members, trigger, now))
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        """A batch task ended (normally its slot was freed already): the scheduler looks again."""
+        self._in_flight.discard(task)
+        self._wake.set()
+
+    def _slot_free(self) -> None:
+        """The running batch got its backend answer: frees its slot and starts the next batch now.
+
+        This runs before the batch's callers are woken, so the next batch is on its way to the
+        backend while the router is still answering this one's callers (otherwise the backend
+        would sit idle through all those responses).
+        """
+        task = asyncio.current_task()
+        if task is None or task not in self._in_flight:
+            return
+        self._in_flight.discard(task)
+        if not self._closed:
+            now = self._loop.time()
+            self._expire(now)
+            self._flush_ready(now)
+        self._wake.set()
 
     def _report(self, rows: int, trigger: str, waits: list[float]) -> None:
         """Calls the metrics hook; its errors are logged, never raised."""
@@ -387,7 +423,10 @@ class Batcher:
             merged = merge_requests([m.request for m in members])
             deadlines = [m.deadline for m in members if m.deadline is not None]
             timeout = min(deadlines) - self._loop.time() if deadlines else None
-            response = await self._call(merged, timeout)
+            try:
+                response = await self._call(merged, timeout)
+            finally:
+                self._slot_free()
             answers = (
                 [response]
                 if len(members) == 1

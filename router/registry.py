@@ -179,12 +179,12 @@ def _batch_policy(record: registry_pb2.ModelVersion) -> BatchPolicy | None:
             f"{where}.max_batch_size {b.max_batch_size} exceeds the model's {record.max_batch_size}"
         )
     try:
-        depth = {"max_queue_depth": b.max_queue_depth} if b.max_queue_depth else {}
+        defaults = {"max_queue_depth": b.max_queue_depth, "max_inflight_batches": b.max_inflight_batches}
         return BatchPolicy(
             max_batch_size=b.max_batch_size,
             max_queue_delay_us=b.max_queue_delay_us,
             preferred_sizes=tuple(b.preferred_sizes),
-            **depth,  # unset: the policy's own default
+            **{k: v for k, v in defaults.items() if v},  # unset: the policy's own default
         )
     except ValueError as e:
         raise InvalidInput(f"{where}: {e}") from None

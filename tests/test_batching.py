@@ -363,6 +363,7 @@ async def test_on_batch_hook_errors_do_not_break_batching() -> None:
         {"max_batch_size": 4, "max_queue_delay_us": 1, "max_queue_depth": 0},
         {"max_batch_size": 4, "max_queue_delay_us": 1, "preferred_sizes": (2, 5)},
         {"max_batch_size": 4, "max_queue_delay_us": 1, "preferred_sizes": (0,)},
+        {"max_batch_size": 4, "max_queue_delay_us": 1, "max_inflight_batches": 0},
     ],
 )
 def test_policy_validation(kwargs: dict[str, int]) -> None:
@@ -381,3 +382,74 @@ async def test_many_callers_with_deadlines_all_get_their_rows() -> None:
         check_own_rows(request, answer)
     assert all(rows <= 7 for rows in backend.rows_seen())
     assert sum(backend.rows_seen()) == sum(1 + i % 3 for i in range(200))
+
+
+async def test_batches_are_held_back_while_the_backend_is_busy() -> None:
+    """With max_inflight_batches out, calls keep gathering: the busy backend then gets one full
+    batch instead of a queue of small ones, and it goes as soon as a slot frees up."""
+    gate = asyncio.Event()
+    backend = FakeBackend(gate=gate)
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_us=1_000, max_inflight_batches=1)
+    async with batcher(policy, backend) as b:
+        first = asyncio.create_task(b.submit(rows_request(1, 0), None))
+        await asyncio.wait_for(backend.called.wait(), GUARD)  # sent after its 1 ms delay
+        backend.called.clear()
+        requests = [rows_request(1, 10 * (i + 1)) for i in range(6)]
+        later = [asyncio.create_task(b.submit(r, None)) for r in requests]
+        await asyncio.sleep(0.02)  # 20x the queue delay: without the limit these would be out
+        assert backend.rows_seen() == [1]
+        assert b.waiting == 6
+        gate.set()  # the first batch returns; the six waiting calls go as one batch
+        await asyncio.wait_for(asyncio.gather(first, *later), GUARD)
+    assert backend.rows_seen() == [1, 6]
+    for request, task in zip(requests, later, strict=True):
+        check_own_rows(request, task.result())
+
+
+async def test_inflight_limit_still_expires_waiting_calls() -> None:
+    gate = asyncio.Event()
+    backend = FakeBackend(gate=gate)
+    policy = BatchPolicy(max_batch_size=8, max_queue_delay_us=0, max_inflight_batches=1)
+    async with batcher(policy, backend) as b:
+        loop = asyncio.get_running_loop()
+        first = asyncio.create_task(b.submit(rows_request(1, 0), None))
+        await asyncio.wait_for(backend.called.wait(), GUARD)
+        held = asyncio.create_task(b.submit(rows_request(1, 5), loop.time() + 0.02))
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(held, GUARD)  # failed at its deadline, not when the slot frees
+        assert not first.done()
+        gate.set()
+        await asyncio.wait_for(first, GUARD)
+    assert backend.rows_seen() == [1]
+
+
+async def test_next_batch_leaves_before_the_previous_callers_are_answered() -> None:
+    """When a batch's answer arrives, the held-back batch is sent first, then its callers resume:
+    the backend is not left idle while the router answers them."""
+    events: list[str] = []
+    gate = asyncio.Event()
+    inner = FakeBackend()
+
+    async def backend(
+        request: service_pb2.ModelInferRequest, timeout: float | None
+    ) -> service_pb2.ModelInferResponse:
+        events.append(f"call {request.inputs[0].shape[0]}")
+        if len(events) == 1:
+            await gate.wait()
+        return await inner(request, timeout)
+
+    async def caller(b: Batcher, request: service_pb2.ModelInferRequest, tag: str) -> None:
+        check_own_rows(request, await b.submit(request, None))
+        events.append(tag)
+
+    policy = BatchPolicy(max_batch_size=2, max_queue_delay_us=LONG, max_inflight_batches=1)
+    async with batcher(policy, backend) as b:  # type: ignore[arg-type]
+        first = [asyncio.create_task(caller(b, rows_request(1, i), "answered A")) for i in range(2)]
+        await asyncio.sleep(0.01)
+        second = [asyncio.create_task(caller(b, rows_request(1, 10 + i), "answered B")) for i in range(2)]
+        await asyncio.sleep(0.01)
+        assert events == ["call 2"]  # B is full but held back while A is out
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*first, *second), GUARD)
+    assert events[:2] == ["call 2", "call 2"]  # B went out before A's callers resumed
+    assert events[2:] == ["answered A", "answered A", "answered B", "answered B"]

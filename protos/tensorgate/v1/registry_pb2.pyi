@@ -51,16 +51,18 @@ class ModelVersion(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., postprocess: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ...) -> None: ...
 
 class Batching(_message.Message):
-    __slots__ = ("max_batch_size", "max_queue_delay_us", "preferred_sizes", "max_queue_depth")
+    __slots__ = ("max_batch_size", "max_queue_delay_us", "preferred_sizes", "max_queue_depth", "max_inflight_batches")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
     PREFERRED_SIZES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_BATCHES_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_queue_delay_us: int
     preferred_sizes: _containers.RepeatedScalarFieldContainer[int]
     max_queue_depth: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., preferred_sizes: _Optional[_Iterable[int]] = ..., max_queue_depth: _Optional[int] = ...) -> None: ...
+    max_inflight_batches: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., preferred_sizes: _Optional[_Iterable[int]] = ..., max_queue_depth: _Optional[int] = ..., max_inflight_batches: _Optional[int] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("model",)
