@@ -1,5 +1,5 @@
-"""`make run`'s program (devstack.run): Triton + router come up, Triton's own example client works
-through the router, and Ctrl-C stops everything it started."""
+"""`make run`'s program (devstack.run): Triton + TorchServe + router come up, Triton's own example
+client works through the router, and Ctrl-C stops everything it started."""
 
 from __future__ import annotations
 
@@ -46,14 +46,14 @@ def test_make_run_serves_examples_until_ctrl_c(tmp_path: Path) -> None:
         assert "OUTPUT0 [ 1  2  3  4  5  6  7  8  9 10 11 12 13 14 15 16]" in client.stdout
         # the example calls it prints work as printed (digits and wine, trained at set-up)
         printed = log.read_text()
-        for model in ("digits", "wine"):
+        for model in ("digits", "wine", "wine_torch"):
             line = next(ln for ln in printed.splitlines() if f"tensorgate infer {model}" in ln)
-            args = line.split("tensorgate infer", 1)[1].split()
+            args = line.split("tensorgate infer", 1)[1].split("#", 1)[0].split()  # as a shell would
             answer = subprocess.run([sys.executable, "-m", "router", "infer", *args, "--json"],
                                     cwd=REPO, capture_output=True, text=True, timeout=60)
             assert answer.returncode == 0, answer.stderr
             probs = json.loads(answer.stdout)["results"][0]["outputs"]["PROBS"]
-            assert probs["shape"][-1] == {"digits": 10, "wine": 3}[model]
+            assert probs["shape"][-1] == {"digits": 10, "wine": 3, "wine_torch": 3}[model]
             assert abs(sum(probs["data"][: probs["shape"][-1]]) - 1.0) < 1e-4
     finally:
         proc.send_signal(signal.SIGINT)
@@ -65,3 +65,4 @@ def test_make_run_serves_examples_until_ctrl_c(tmp_path: Path) -> None:
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"--grpc-port {port}" not in ps
     assert str(tmp_path) not in ps
+    assert str(REPO / ".cache" / "run" / "torchserve") not in ps  # TorchServe and its workers
