@@ -8,7 +8,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +129,11 @@ def test_error_bodies() -> None:
 
 
 @pytest.fixture
-def backend() -> Iterator[TorchServeBackend]:
-    # grpc.aio channels connect lazily: nothing is dialled by these tests.
-    yield TorchServeBackend("127.0.0.1:7070", BackendOptions())
+async def backend() -> AsyncIterator[TorchServeBackend]:
+    # made in the running loop (grpc.aio); channels connect lazily: these tests dial nothing
+    backend = TorchServeBackend("127.0.0.1:7070", BackendOptions())
+    yield backend
+    await backend.close()
 
 
 @pytest.mark.parametrize(
