@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make run    - start Triton and TorchServe with the example models and the router (Ctrl-C stops all)"
 	@echo "make test   - install what the tests need, then lint, type-check and run every test"
-	@echo "make bench  - run the foundation benchmark (direct Triton vs bare proxy vs router)"
+	@echo "make bench  - the standard benchmark suite: real Triton + TorchServe, router vs direct/proxy (a few minutes)"
 	@echo "make protos - regenerate the Python code of protos/"
 
 # The virtual environment with the project and its dev tools; redone when pyproject.toml changes.
@@ -46,7 +46,7 @@ test: $(STAMP) backends lint typecheck protos-check
 	$(PY) -m pytest -q -ra
 
 bench: $(STAMP) backends
-	$(PY) -m benchmarks.foundation --rounds 3 --duration 5 --warmup 1
+	$(PY) -m benchmarks.suite
 
 clean:
 	rm -rf $(VENV) .cache .tensorgate .pytest_cache .mypy_cache .ruff_cache

@@ -1,14 +1,22 @@
-"""Closed-loop gRPC load generator for the Open Inference Protocol ``ModelInfer`` call.
+"""gRPC load generator: closed loop (fixed concurrency) or open loop (Poisson arrivals).
 
 Kept as cheap as possible so it does not steal CPU from the server under test: one grpc.aio
-channel, a raw unary-unary call with identity serializers, and a request serialized once. N
-coroutines each issue calls back to back (closed loop) for a warm-up, then for a measured window.
-A call counts in the window when it completes inside it; workers stop issuing at the window end.
+channel, a raw unary-unary call with identity serializers, and a request serialized once
+(benchmarks.workloads). After a warm-up, calls are measured for a window:
 
-    python -m benchmarks.loadgen --target 127.0.0.1:8001 --concurrency 16 --duration 10 --warmup 2
+- closed loop (`-c N`): N coroutines each issue calls back to back; a call counts when it
+  completes inside the window. Latency hides queueing (a slow answer delays the next request).
+- open loop (`--rate R`): calls start at Poisson-distributed times, R per second on average,
+  whether or not earlier calls have answered; a call counts when it was *due* inside the window,
+  and its latency runs from when it was due, so a stalled server cannot hide its queue
+  (no coordinated omission). At most `--max-outstanding` calls are in flight; an arrival beyond
+  that is counted as an error (CLIENT_BACKLOG) rather than silently delayed.
 
-The first response (a pre-flight call) and the last response of every worker are parsed and
-checked against the expected sums and differences, so a broken target cannot look fast.
+    python -m benchmarks.loadgen --target 127.0.0.1:8001 --workload simple -c 16 --duration 10
+    python -m benchmarks.loadgen --target 127.0.0.1:8500 --workload fixed_cost --rate 500
+
+The first response (a pre-flight call) and the last response of every worker (closed) or a sample
+of responses (open) are checked by the workload's verify, so a broken target cannot look fast.
 """
 
 from __future__ import annotations
@@ -26,30 +34,26 @@ from dataclasses import asdict, dataclass, field
 import grpc
 import grpc.aio
 import numpy as np
-from tritonclient.grpc import service_pb2
 
-MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+from benchmarks.workloads import LoadError, Workload, build
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-# The `simple` model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, INT32 [1, 16].
-INPUT0 = np.arange(16, dtype="<i4").reshape(1, 16)
-INPUT1 = np.full((1, 16), 3, dtype="<i4")
-EXPECTED = {"OUTPUT0": INPUT0 + INPUT1, "OUTPUT1": INPUT0 - INPUT1}
-
-
-class LoadError(RuntimeError):
-    """The target cannot serve the benchmark request correctly."""
+DEFAULT_MAX_OUTSTANDING = 2048
 
 
 @dataclass
 class LoadResult:
-    """Outcome of one closed-loop run against one target at one concurrency."""
+    """Outcome of one run against one target: closed loop at a concurrency or open loop at a rate."""
 
     target: str
-    concurrency: int
+    workload: str
+    mode: str  # "closed" or "open"
+    concurrency: int  # closed: workers; open: the most calls seen in flight at once
+    offered_rps: float | None  # open loop: the arrival rate asked for
     warmup_s: float
     duration_s: float
     requests: int
@@ -68,41 +72,6 @@ class LoadResult:
         return {**asdict(self), "error_total": self.error_total}
 
 
-def build_request(model: str = "simple", version: str = "") -> bytes:
-    """Serialize the ``simple`` model's ModelInferRequest once (raw_input_contents, no outputs list)."""
-    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
-    for name, array in (("INPUT0", INPUT0), ("INPUT1", INPUT1)):
-        tensor = request.inputs.add()
-        tensor.name = name
-        tensor.datatype = "INT32"
-        tensor.shape.extend(array.shape)
-        request.raw_input_contents.append(array.tobytes())
-    payload: bytes = request.SerializeToString()
-    return payload
-
-
-def verify_response(payload: bytes) -> None:
-    """Raise LoadError unless ``payload`` is a ModelInferResponse with the expected outputs."""
-    try:
-        response = service_pb2.ModelInferResponse.FromString(payload)
-    except Exception as err:  # noqa: BLE001 - any decode failure means a broken target
-        raise LoadError(f"response is not a ModelInferResponse: {err}") from err
-    found: dict[str, np.ndarray] = {}
-    for index, output in enumerate(response.outputs):
-        if output.datatype != "INT32":
-            raise LoadError(f"{output.name}: datatype {output.datatype!r}, expected 'INT32'")
-        if index < len(response.raw_output_contents):
-            values = np.frombuffer(response.raw_output_contents[index], dtype="<i4")
-        else:
-            values = np.asarray(output.contents.int_contents, dtype="<i4")
-        found[output.name] = values.reshape(tuple(output.shape))
-    for name, expected in EXPECTED.items():
-        if name not in found:
-            raise LoadError(f"response lacks {name} (has {sorted(found)})")
-        if found[name].shape != expected.shape or not np.array_equal(found[name], expected):
-            raise LoadError(f"{name} is wrong: got {found[name].tolist()}")
-
-
 def _summarize(latencies_ns: list[int]) -> dict[str, float]:
     """p50/p90/p99/mean/min/max in milliseconds (empty dict when there are no samples)."""
     if not latencies_ns:
@@ -119,46 +88,62 @@ def _summarize(latencies_ns: list[int]) -> dict[str, float]:
     }
 
 
+async def _preflight(
+    call: grpc.aio.UnaryUnaryMultiCallable,
+    target: str,
+    workload: Workload,
+    timeout_s: float,
+    channel: grpc.aio.Channel,
+) -> None:
+    """One checked call before measuring: LoadError when the target is unreachable or wrong."""
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout=timeout_s)
+        first: bytes = await call(workload.request, timeout=timeout_s)
+    except TimeoutError as err:
+        raise LoadError(f"{target}: not reachable within {timeout_s:g}s") from err
+    except grpc.aio.AioRpcError as err:
+        raise LoadError(f"{target}: pre-flight call failed: {err.code().name}: {err.details()}") from err
+    workload.verify(first)
+
+
 async def run_load(
     target: str,
-    concurrency: int,
-    duration_s: float,
-    warmup_s: float,
+    workload: Workload,
     *,
-    model: str = "simple",
+    concurrency: int = 1,
+    rate: float | None = None,
+    duration_s: float = 10.0,
+    warmup_s: float = 2.0,
     timeout_s: float = 10.0,
+    max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+    seed: int = 0,
     on_window: Callable[[str], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> LoadResult:
-    """Drive ``concurrency`` closed-loop workers against ``target`` and measure the window.
+    """Load `target` with `workload`: closed loop at `concurrency`, or open loop when `rate` is set.
 
     ``on_window`` is called with "start" and "end" at the measured window's edges.
     """
-    if concurrency < 1 or duration_s <= 0 or warmup_s < 0:
-        raise ValueError("need concurrency >= 1, duration > 0, warmup >= 0")
+    if concurrency < 1 or duration_s <= 0 or warmup_s < 0 or (rate is not None and rate <= 0):
+        raise ValueError("need concurrency >= 1, rate > 0, duration > 0, warmup >= 0")
     say = log or (lambda _msg: None)
-    request = build_request(model)
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(MODEL_INFER)  # identity (de)serializers: bytes both ways
-        try:
-            await asyncio.wait_for(channel.channel_ready(), timeout=timeout_s)
-            first: bytes = await call(request, timeout=timeout_s)
-        except TimeoutError as err:
-            raise LoadError(f"{target}: not reachable within {timeout_s:g}s") from err
-        except grpc.aio.AioRpcError as err:
-            raise LoadError(f"{target}: pre-flight call failed: {err.code().name}: {err.details()}") from err
-        verify_response(first)
+        call = channel.unary_unary(workload.method)  # identity (de)serializers: bytes both ways
+        await _preflight(call, target, workload, timeout_s, channel)
 
         latencies: list[int] = []
         errors: Counter[str] = Counter()
-        last: list[bytes | None] = [None] * concurrency
+        checked: list[bytes] = []
         perf = time.perf_counter_ns
         start_ns = perf() + int(warmup_s * 1e9)
         end_ns = start_ns + int(duration_s * 1e9)
+        request = workload.request
+        peak = [0]
 
         async def worker(slot: int) -> None:
-            """Issue calls back to back until the window ends."""
+            """Closed loop: issue calls back to back until the window ends."""
             record = latencies.append
+            last: bytes | None = None
             while perf() < end_ns:
                 t0 = perf()
                 try:
@@ -170,10 +155,49 @@ async def run_load(
                 t1 = perf()
                 if start_ns <= t1 < end_ns:
                     record(t1 - t0)
-                last[slot] = response
+                last = response
+            if last is not None:
+                checked.append(last)
 
-        async def window() -> tuple[float, float, float]:
-            """Mark the window's edges; return (wall s, cpu s, start perf ns) of the window."""
+        async def one(due: int, keep: bool) -> None:
+            """Open loop: one call, timed from when it was due."""
+            try:
+                response = await call(request, timeout=timeout_s)
+            except grpc.aio.AioRpcError as err:
+                if start_ns <= due < end_ns:
+                    errors[err.code().name] += 1
+                return
+            if start_ns <= due < end_ns:
+                latencies.append(perf() - due)
+            if keep:
+                checked.append(response)
+
+        async def arrivals() -> None:
+            """Open loop: start calls at Poisson times until the window ends, then await them."""
+            assert rate is not None
+            rng = np.random.default_rng(seed)
+            gaps = iter(rng.exponential(1e9 / rate, size=int(rate * (warmup_s + duration_s) * 1.5) + 1000))
+            inflight: set[asyncio.Task[None]] = set()
+            due, n = perf(), 0
+            while due < end_ns:
+                now = perf()
+                while due <= now and due < end_ns:
+                    if len(inflight) >= max_outstanding:
+                        if start_ns <= due < end_ns:
+                            errors["CLIENT_BACKLOG"] += 1
+                    else:
+                        task = asyncio.create_task(one(due, n % 1000 == 0))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                        peak[0] = max(peak[0], len(inflight))
+                    n += 1
+                    due += int(next(gaps, 1e9 / rate))
+                await asyncio.sleep(max(0.0, (due - perf()) / 1e9))
+            if inflight:
+                await asyncio.wait(inflight, timeout=timeout_s + 5)
+
+        async def window() -> tuple[float, float]:
+            """Mark the window's edges; return (wall s, cpu s) of the window."""
             await asyncio.sleep(max(0.0, (start_ns - perf()) / 1e9))
             cpu0, wall0 = time.process_time(), perf()
             if on_window:
@@ -183,26 +207,31 @@ async def run_load(
             cpu1, wall1 = time.process_time(), perf()
             if on_window:
                 on_window("end")
-            return (wall1 - wall0) / 1e9, cpu1 - cpu0, wall0
+            return (wall1 - wall0) / 1e9, cpu1 - cpu0
 
         say(f"warming up {warmup_s:g}s")
         gc.collect()
         gc.freeze()  # keep the collector off the long-lived setup objects while measuring
-        workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        if rate is None:
+            tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        else:
+            tasks = [asyncio.create_task(arrivals())]
         try:
-            wall_s, cpu_s, _ = await window()
-            await asyncio.gather(*workers)
+            wall_s, cpu_s = await window()
+            await asyncio.gather(*tasks)
         finally:
-            for task in workers:
+            for task in tasks:
                 task.cancel()
             gc.unfreeze()
 
-    for payload in last:
-        if payload is not None:
-            verify_response(payload)
+    for payload in checked:
+        workload.verify(payload)
     return LoadResult(
         target=target,
-        concurrency=concurrency,
+        workload=workload.name,
+        mode="closed" if rate is None else "open",
+        concurrency=concurrency if rate is None else peak[0],
+        offered_rps=rate,
         warmup_s=warmup_s,
         duration_s=duration_s,
         requests=len(latencies),
@@ -216,12 +245,19 @@ async def run_load(
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: run one load and print the result (JSON with --json)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.split("\n")[0])
-    parser.add_argument("--target", required=True, help="host:port of the gRPC inference server")
-    parser.add_argument("-c", "--concurrency", type=int, default=1, help="closed-loop workers")
+    parser.add_argument("--target", required=True, help="host:port of the gRPC server")
+    parser.add_argument("--workload", default="simple", help="benchmarks.workloads name (default simple)")
+    parser.add_argument("--model", help="model name the target serves the workload under (default: its own)")
+    loop = parser.add_mutually_exclusive_group()
+    loop.add_argument("-c", "--concurrency", type=int, default=1, help="closed loop: workers (default 1)")
+    loop.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds")
-    parser.add_argument("--model", default="simple", help="model name (default: simple)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-call deadline, seconds")
+    parser.add_argument(
+        "--max-outstanding", type=int, default=DEFAULT_MAX_OUTSTANDING,
+        help=f"open loop: most calls in flight (default {DEFAULT_MAX_OUTSTANDING})",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     parser.add_argument(
         "--markers",
@@ -229,10 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         help="print '# window start' / '# window end' lines on stdout at the window's edges",
     )
     args = parser.parse_args(argv)
+    try:
+        workload = build(args.workload, args.model)
+    except ValueError as err:
+        parser.error(str(err))
+    shape = f"rate={args.rate:g}/s" if args.rate else f"c={args.concurrency}"
 
     def log(msg: str) -> None:
         """Progress line to stderr."""
-        print(f"loadgen {args.target} c={args.concurrency}: {msg}", file=sys.stderr, flush=True)
+        print(f"loadgen {args.target} {workload.name} {shape}: {msg}", file=sys.stderr, flush=True)
 
     def mark(edge: str) -> None:
         """Window marker on stdout."""
@@ -240,11 +281,13 @@ def main(argv: list[str] | None = None) -> int:
 
     coro = run_load(
         args.target,
-        args.concurrency,
-        args.duration,
-        args.warmup,
-        model=args.model,
+        workload,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
         timeout_s=args.timeout,
+        max_outstanding=args.max_outstanding,
         on_window=mark if args.markers else None,
         log=log,
     )
@@ -256,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     try:
         result = runner(coro)
-    except LoadError as err:
+    except (LoadError, ValueError) as err:
         print(f"loadgen: error: {err}", file=sys.stderr, flush=True)
         return 2
     if args.json:
@@ -264,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lat = result.latency_ms
         print(
-            f"{result.target} c={result.concurrency}: {result.throughput_rps:.1f} req/s, "
+            f"{result.target} {result.workload} {shape}: {result.throughput_rps:.1f} req/s, "
             f"p50 {lat.get('p50', float('nan')):.3f} ms, p99 {lat.get('p99', float('nan')):.3f} ms, "
             f"errors {result.error_total}, client CPU {result.client_cpu_cores:.2f} cores"
         )

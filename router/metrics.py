@@ -5,7 +5,7 @@ label set by inventing names.
 
 The per-call series are kept by two small collectors instead of prometheus_client's Counter and
 Histogram: those take a lock and walk every bucket in Python on each observation, which showed up
-as several percent of the router's CPU per call in benchmarks/foundation.py. Observations happen
+as several percent of the router's CPU per call in the benchmark suite (`make bench`). Observations happen
 on the event-loop thread only; the scrape thread reads a copy taken under the GIL.
 """
 

@@ -24,7 +24,11 @@ from router.app import App
 from router.registry import parse_registration
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL_REPOSITORIES = [REPO / "examples" / "triton", REPO / "tests" / "models" / "triton"]
+MODEL_REPOSITORIES = [
+    REPO / "examples" / "triton",
+    REPO / "tests" / "models" / "triton",
+    REPO / "benchmarks" / "models" / "triton",  # the harness is tested against its own models
+]
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """What every gRPC call goes through: request id, drain check, metrics, and the one error map.
 
 Servicer methods are wrapped with `@unary`, `@probe` or `@stream`; they hold no try/except of
-their own. This is the per-request hot path: keep it lean (see benchmarks/foundation.py).
+their own. This is the per-request hot path: keep it lean (`make bench`, group overhead).
 """
 
 from __future__ import annotations

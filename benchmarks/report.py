@@ -1,0 +1,254 @@
+"""The suite's reports: goals checked on the cells, a Markdown table for the README, a PNG plot.
+
+Every goal is a ratio of two cells measured in the same run (never a wall-clock number on its
+own): these machines are noisy, and only a comparison made under the same noise means anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import Cell
+
+# Goals (issue 2: overhead; issue 4: batching and payload size).
+ADDED_LATENCY_GOAL = 1.2  # router's added p50 over the bare proxy's added p50
+THROUGHPUT_GOAL = 0.9  # router / bare proxy, req/s
+PAYLOAD_GOAL = 1.3  # router p50 / direct p50 for the largest payload
+BATCHING_GOAL = 8.0  # router with batching / without, req/s at concurrency 64
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal evaluated on this run's cells."""
+
+    group: str
+    what: str
+    value: float | None
+    target: str
+    ok: bool | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {
+            "group": self.group,
+            "what": self.what,
+            "value": self.value,
+            "target": self.target,
+            "ok": self.ok,
+            "detail": self.detail,
+        }
+
+
+def _find(
+    cells: Sequence[Cell], group: str, scenario: str, load: str, workload: str | None = None
+) -> Cell | None:
+    for cell in cells:
+        s = cell.spec
+        if (s.group, s.scenario, s.load) == (group, scenario, load) and workload in (None, s.workload):
+            return cell if cell.ok else None
+    return None
+
+
+def _fmt(value: float | None, spec: str = ".3f", suffix: str = "") -> str:
+    """A number, or an en dash when missing."""
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def evaluate(cells: Sequence[Cell], *, batch_delay_ms: float, service_ms: float) -> list[Goal]:
+    """The goals that this run's cells allow checking (a missing or failed cell gives ok=None)."""
+    goals: list[Goal] = []
+    loads = sorted({c.spec.load for c in cells if c.spec.group == "overhead"}, key=lambda x: int(x[2:]))
+    for load in loads:
+        d, p, r = (_find(cells, "overhead", s, load) for s in ("direct", "proxy", "router"))
+        ratio = None
+        detail = "a cell is missing or failed"
+        if d and p and r and (d.p("p50") is not None):
+            proxy_added = (p.p("p50") or 0) - (d.p("p50") or 0)
+            router_added = (r.p("p50") or 0) - (d.p("p50") or 0)
+            if proxy_added > 0:
+                ratio = router_added / proxy_added
+            detail = f"router adds {router_added:.3f} ms p50, bare proxy {proxy_added:.3f} ms"
+        goals.append(
+            Goal(
+                "overhead",
+                f"added latency router / proxy, {load}",
+                ratio,
+                f"≤ {ADDED_LATENCY_GOAL}",
+                None if ratio is None else ratio <= ADDED_LATENCY_GOAL,
+                detail,
+            )
+        )
+        ratio = None
+        if p and r and p.throughput:
+            ratio = (r.throughput or 0) / p.throughput
+        goals.append(
+            Goal(
+                "overhead",
+                f"throughput router / proxy, {load}",
+                ratio,
+                f"≥ {THROUGHPUT_GOAL}",
+                None if ratio is None else ratio >= THROUGHPUT_GOAL,
+                f"{_fmt(r.throughput if r else None, '.0f')} vs "
+                f"{_fmt(p.throughput if p else None, '.0f')} req/s",
+            )
+        )
+
+    sizes = [c.spec.workload for c in cells if c.spec.group == "payload" and c.spec.scenario == "direct"]
+    if sizes:
+        largest = max(sizes, key=_payload_bytes)
+        d, r = (_find(cells, "payload", s, "c=1", largest) for s in ("direct", "router"))
+        direct_p50, router_p50 = (d.p("p50") if d else None), (r.p("p50") if r else None)
+        ratio = router_p50 / direct_p50 if direct_p50 and router_p50 is not None else None
+        goals.append(
+            Goal(
+                "payload",
+                f"p50 latency router / direct, {largest.split(':')[1]} FP32",
+                ratio,
+                f"≤ {PAYLOAD_GOAL}",
+                None if ratio is None else ratio <= PAYLOAD_GOAL,
+                f"{_fmt(r.p('p50') if r else None)} vs {_fmt(d.p('p50') if d else None)} ms",
+            )
+        )
+
+    plain = next((c for c in cells if c.spec.group == "batching" and c.spec.scenario == "router"), None)
+    batched = next(
+        (c for c in cells if c.spec.group == "batching" and c.spec.scenario == "router+batching"), None
+    )
+    if plain is not None or batched is not None:
+        load = (plain or batched).spec.load  # type: ignore[union-attr]
+        ok_plain = plain if plain is not None and plain.ok else None
+        ok_batched = batched if batched is not None and batched.ok else None
+        ratio = None
+        if ok_plain and ok_batched and ok_plain.throughput:
+            ratio = (ok_batched.throughput or 0) / ok_plain.throughput
+        goals.append(
+            Goal(
+                "batching",
+                f"throughput with / without router batching, {load}",
+                ratio,
+                f"≥ {BATCHING_GOAL:g}",
+                None if ratio is None else ratio >= BATCHING_GOAL,
+                f"{_fmt(ok_batched.throughput if ok_batched else None, '.0f')} vs "
+                f"{_fmt(ok_plain.throughput if ok_plain else None, '.0f')} req/s",
+            )
+        )
+        bound = batch_delay_ms + 2 * service_ms
+        p99 = ok_batched.p("p99") if ok_batched else None
+        goals.append(
+            Goal(
+                "batching",
+                f"p99 with batching, {load} (ms)",
+                p99,
+                f"≤ {bound:g} (delay {batch_delay_ms:g} + 2 x {service_ms:g} service)",
+                None if p99 is None else p99 <= bound,
+                f"p50 {_fmt(ok_batched.p('p50') if ok_batched else None)} ms",
+            )
+        )
+    return goals
+
+
+def _payload_bytes(workload: str) -> int:
+    from benchmarks.workloads import parse_size
+
+    return parse_size(workload.split(":", 1)[1])
+
+
+def markdown(cells: Sequence[Cell], goals: Sequence[Goal], meta: dict[str, Any]) -> str:
+    """The results as Markdown: one table of cells, one of goals."""
+    rounds = "" if meta["rounds"] == 1 else f", median of {meta['rounds']} interleaved rounds"
+    lines = [
+        f"Benchmark suite `{meta['suite']}`, {meta['timestamp']}: {meta['duration_s']:g} s measured after "
+        f"{meta['warmup_s']:g} s warm-up per cell{rounds}; {meta['cpus']} CPUs ({meta['cpu']}), "
+        f"{meta.get('triton', '?')}; load generator in its own process on the same machine.",
+        "",
+        "| group | scenario | workload | load | req/s | p50 ms | p90 ms | p99 ms | errors "
+        "| server CPU µs/call | client cores |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cell in cells:
+        s = cell.spec
+        head = f"| {s.group} | {s.scenario} | {s.workload} | {s.load} "
+        if not cell.result:
+            lines.append(head + f"| {cell.error or 'no result'} |" + " |" * 6)
+            continue
+        res = cell.result
+        server = cell.cpu_us_per_call(s.target) if s.target in ("proxy", "router") else None
+        lines.append(
+            head + f"| {res['throughput_rps']:.0f} | {_fmt(cell.p('p50'))} | {_fmt(cell.p('p90'))} "
+            f"| {_fmt(cell.p('p99'))} | {res['error_total']} "
+            f"| {_fmt(server, '.0f')} | {_fmt(cell.cpu_cores.get('client'), '.2f')} |"
+        )
+    lines += [
+        "",
+        "Server CPU is the hop's own process (proxy, router; with its children) per completed call; "
+        "the direct rows have no hop. Open-loop rows (rate=) time each call from when it was due.",
+        "",
+        "| goal | value | target | verdict | detail |",
+        "|---|---:|---|---|---|",
+    ]
+    for g in goals:
+        verdict = "–" if g.ok is None else ("ok" if g.ok else "MISS")
+        lines.append(f"| {g.what} | {_fmt(g.value, '.3f')} | {g.target} | {verdict} | {g.detail} |")
+    return "\n".join(lines)
+
+
+def plot(cells: Sequence[Cell], path: Path, title: str) -> bool:
+    """Latency vs throughput (open loop) and vs payload size, as a PNG; False if nothing to draw."""
+    # Open-loop cells past capacity have failed calls by design: they are drawn all the same.
+    sweep = [c for c in cells if c.spec.group == "openloop" and c.result.get("latency_ms")]
+    payload = [c for c in cells if c.spec.group == "payload" and c.ok]
+    if not sweep and not payload:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in (sweep, payload) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    ax_iter = iter(axes[0])
+    if sweep:
+        ax = next(ax_iter)
+        for scenario in dict.fromkeys(c.spec.scenario for c in sweep):
+            points = sorted(
+                (c for c in sweep if c.spec.scenario == scenario), key=lambda c: c.throughput or 0
+            )
+            xs = [c.throughput or 0 for c in points]
+            for stat, style in (("p50", "-o"), ("p99", "--^")):
+                ax.plot(xs, [c.p(stat) for c in points], style, label=f"{scenario} {stat}")
+        ax.set_xlabel("achieved throughput (req/s)")
+        ax.set_ylabel("latency (ms, log)")
+        ax.set_yscale("log")
+        ax.set_title(f"open loop, {sweep[0].spec.workload}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    if payload:
+        ax = next(ax_iter)
+        for scenario in dict.fromkeys(c.spec.scenario for c in payload):
+            points = sorted(
+                (c for c in payload if c.spec.scenario == scenario),
+                key=lambda c: _payload_bytes(c.spec.workload),
+            )
+            ax.plot(
+                [_payload_bytes(c.spec.workload) for c in points],
+                [c.p("p50") for c in points],
+                "-o",
+                label=f"{scenario} p50",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("FP32 tensor size (bytes, in and out)")
+        ax.set_ylabel("latency (ms, log)")
+        ax.set_title("payload size, c=1")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
