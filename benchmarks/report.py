@@ -196,6 +196,14 @@ def markdown(cells: Sequence[Cell], goals: Sequence[Goal], meta: dict[str, Any])
     return "\n".join(lines)
 
 
+def title(meta: dict[str, Any]) -> str:
+    """The plot's title line: suite, time, machine, Triton version."""
+    return (
+        f"tensorgate {meta['suite']} suite, {meta['timestamp']}, {meta['cpus']} CPUs, "
+        f"{meta.get('triton', '')}"
+    )
+
+
 def plot(cells: Sequence[Cell], path: Path, title: str) -> bool:
     """Latency vs throughput (open loop) and vs payload size, as a PNG; False if nothing to draw."""
     # Open-loop cells past capacity have failed calls by design: they are drawn all the same.
@@ -213,13 +221,15 @@ def plot(cells: Sequence[Cell], path: Path, title: str) -> bool:
     ax_iter = iter(axes[0])
     if sweep:
         ax = next(ax_iter)
-        for scenario in dict.fromkeys(c.spec.scenario for c in sweep):
+        for colour, scenario in enumerate(dict.fromkeys(c.spec.scenario for c in sweep)):
             points = sorted(
                 (c for c in sweep if c.spec.scenario == scenario), key=lambda c: c.throughput or 0
             )
             xs = [c.throughput or 0 for c in points]
             for stat, style in (("p50", "-o"), ("p99", "--^")):
-                ax.plot(xs, [c.p(stat) for c in points], style, label=f"{scenario} {stat}")
+                ax.plot(
+                    xs, [c.p(stat) for c in points], style, color=f"C{colour}", label=f"{scenario} {stat}"
+                )
         ax.set_xlabel("achieved throughput (req/s)")
         ax.set_ylabel("latency (ms, log)")
         ax.set_yscale("log")
@@ -252,3 +262,45 @@ def plot(cells: Sequence[Cell], path: Path, title: str) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def load(path: Path) -> tuple[list[Cell], dict[str, Any]]:
+    """The summary cells and meta of a suite JSON file."""
+    import json
+
+    from benchmarks.measure import Spec
+
+    data = json.loads(path.read_text())
+    cells = []
+    for c in data["summary"]:
+        spec = Spec(
+            c["group"], c["scenario"], c["target"], c["workload"], c["model"], c["concurrency"], c["rate"]
+        )
+        cells.append(Cell(spec, c["round"], c["result"], c["cpu_cores"], c["machine_busy"], c["error"]))
+    return cells, data["meta"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Renders the Markdown and the PNG again from a suite JSON file (e.g. after a plot change)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    parser.add_argument("json", type=Path, help="a benchmarks/results/suite-*.json file")
+    parser.add_argument("--png", type=Path, help="where the plot goes (default: beside the JSON)")
+    args = parser.parse_args(argv)
+    cells, meta = load(args.json)
+    delay = meta.get("batching", {})
+    goals = evaluate(
+        cells, batch_delay_ms=delay.get("max_queue_delay_ms", 2.0), service_ms=delay.get("service_ms", 10.0)
+    )
+    print(markdown(cells, goals, meta))
+    png = args.png or args.json.with_suffix(".png")
+    if plot(cells, png, title(meta)):
+        print(f"\nwrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

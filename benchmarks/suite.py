@@ -44,7 +44,7 @@ from typing import Any
 import grpc
 
 from benchmarks.measure import Cell, Spec, combine_rounds, run_cell
-from benchmarks.report import evaluate, markdown, plot
+from benchmarks.report import evaluate, markdown, plot, title
 from benchmarks.servers import (
     REPO_ROOT,
     SetupError,
@@ -275,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "cells": [c.to_dict() for c in cells],
     }, indent=2) + "\n")  # fmt: skip
     stem.with_suffix(".md").write_text(f"{report}\n\nCommand: `{meta['command'].strip()}`\n")
-    drew = plot(summary, stem.with_suffix(".png"), f"tensorgate {meta['suite']} suite, {meta['timestamp']}, "
-                f"{meta['cpus']} CPUs, {meta.get('triton', '')}")  # fmt: skip
+    drew = plot(summary, stem.with_suffix(".png"), title(meta))
     print(report, flush=True)
     log(f"wrote {stem}.json, {stem}.md" + (f", {stem}.png" if drew else ""))
     # Open-loop cells past capacity fail calls by design (that is what they show); any other

@@ -31,5 +31,5 @@ def test_every_cli_command_and_serve_flag_is_documented() -> None:
 def test_readme_has_the_two_commands_and_a_benchmark_table() -> None:
     assert "make run" in README and "make test" in README
     assert "BENCHMARK_TABLE" not in README
-    assert "| scenario | conc | req/s |" in README
-    assert "python -m benchmarks.foundation" in README
+    assert "| group | scenario | workload | load | req/s |" in README
+    assert "python -m benchmarks.suite" in README and "| goal | value | target | verdict |" in README
