@@ -223,6 +223,11 @@ class Batcher:
         """How many requests wait in the queue now."""
         return self._waiting
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waits and no batch is out: closing it now fails nobody."""
+        return not self._waiting and not self._in_flight
+
     async def submit(
         self, request: service_pb2.ModelInferRequest, deadline: float | None
     ) -> service_pb2.ModelInferResponse:

@@ -65,6 +65,7 @@ class Dataplane:
         # Router-side batchers by (model, version); retired ones were replaced by a new policy.
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._retired: list[Batcher] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -230,6 +231,11 @@ class Dataplane:
             return batcher
         if batcher is not None:  # the policy changed: the old one finishes what it holds
             self._retired.append(batcher)
+        for old in [b for b in self._retired if b.idle]:  # retired and drained: stop them
+            self._retired.remove(old)
+            task = asyncio.get_running_loop().create_task(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         name, version = key
         assert mv.batching is not None
 

@@ -453,3 +453,20 @@ async def test_next_batch_leaves_before_the_previous_callers_are_answered() -> N
         await asyncio.wait_for(asyncio.gather(*first, *second), GUARD)
     assert events[:2] == ["call 2", "call 2"]  # B went out before A's callers resumed
     assert events[2:] == ["answered A", "answered A", "answered B", "answered B"]
+
+
+async def test_idle_means_nothing_waits_and_nothing_is_out() -> None:
+    gate = asyncio.Event()
+    backend = FakeBackend(gate=gate)
+    async with batcher(BatchPolicy(max_batch_size=4, max_queue_delay_us=LONG), backend) as b:
+        assert b.idle
+        task = asyncio.create_task(b.submit(rows_request(1, 0), None))
+        await asyncio.sleep(0)
+        assert not b.idle  # waiting
+        task2 = asyncio.create_task(b.submit(rows_request(3, 5), None))
+        await asyncio.wait_for(backend.called.wait(), GUARD)
+        assert not b.idle and b.waiting == 0  # the batch is out
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(task, task2), GUARD)
+        await asyncio.sleep(0)
+        assert b.idle

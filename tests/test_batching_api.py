@@ -4,11 +4,13 @@ each caller still gets exactly its own answer."""
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 from tensorgate.v1 import inference_pb2
 
@@ -104,3 +106,40 @@ def test_batching_bigger_than_the_model_is_refused(batched: RouterThread, triton
     }, "t")
     with pytest.raises(InvalidInput, match="batching.max_batch_size 64 exceeds the model's 8"):
         batched.run(batched.app.admin.register(records))
+
+
+def test_a_changed_policy_retires_the_old_batcher_and_stops_it_once_drained(
+    router: RouterThread, triton: Any
+) -> None:
+    def register(delay_us: int) -> None:
+        records = parse_registration({
+            "name": "simple-rebatched",
+            "backend": {"kind": "triton", "endpoints": [triton.grpc_address], "model": "simple"},
+            "batching": {"max_batch_size": 4, "max_queue_delay_us": delay_us},
+        }, "policy change test")
+        router.run(router.app.admin.register(records))
+
+    def call(i: int) -> None:
+        client = tgrpc.InferenceServerClient(router.address)
+        try:
+            a = np.full((1, 16), i, np.int32)
+            inputs = [tgrpc.InferInput(name, [1, 16], "INT32") for name in ("INPUT0", "INPUT1")]
+            inputs[0].set_data_from_numpy(a)
+            inputs[1].set_data_from_numpy(a)
+            assert np.array_equal(client.infer("simple-rebatched", inputs).as_numpy("OUTPUT0"), 2 * a)
+        finally:
+            client.close()
+
+    dataplane = router.app.dataplane
+    register(1_000)
+    call(1)
+    first = dataplane._batchers[("simple-rebatched", "1")]
+    register(2_000)
+    call(2)  # served by a new batcher; the old one had drained, so it is stopped, not kept
+    second = dataplane._batchers[("simple-rebatched", "1")]
+    assert second is not first and second.policy.max_queue_delay_us == 2_000
+    assert first not in dataplane._retired
+    deadline = time.monotonic() + 5
+    while not first._closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first._closed and first._task.done()
