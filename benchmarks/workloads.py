@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from router import tensors as router_tensors
+
 OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
 PREDICT = "/tensorgate.v1.InferenceService/Predict"
 TS_PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
@@ -36,8 +38,6 @@ SIMPLE_INPUT0 = np.arange(16, dtype="<i4").reshape(1, 16)
 SIMPLE_INPUT1 = np.full((1, 16), 3, dtype="<i4")
 _SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB)?$")
 _UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024}
-_DATATYPES = {"<i4": "INT32", "<f4": "FP32"}
-_DTYPES = {"INT32": "<i4", "FP32": "<f4"}
 
 
 class LoadError(RuntimeError):
@@ -79,8 +79,9 @@ def oip_request(model: str, tensors: dict[str, np.ndarray]) -> bytes:
     """A ModelInferRequest with raw_input_contents, serialized."""
     request = service_pb2.ModelInferRequest(model_name=model)
     for name, array in tensors.items():
-        request.inputs.add(name=name, datatype=_DATATYPES[array.dtype.str], shape=array.shape)
-        request.raw_input_contents.append(array.tobytes())
+        datatype, shape, raw = router_tensors.from_numpy(array)
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        request.raw_input_contents.append(raw)
     payload: bytes = request.SerializeToString()
     return payload
 
@@ -92,20 +93,16 @@ def oip_outputs(payload: bytes) -> dict[str, np.ndarray]:
     except Exception as err:  # noqa: BLE001 - any decode failure means a broken target
         raise LoadError(f"response is not a ModelInferResponse: {err}") from err
     out: dict[str, np.ndarray] = {}
-    for index, output in enumerate(response.outputs):
-        dtype = _DTYPES.get(output.datatype)
-        if dtype is None:
-            raise LoadError(f"{output.name}: unexpected datatype {output.datatype!r}")
-        if index < len(response.raw_output_contents):
-            values = np.frombuffer(response.raw_output_contents[index], dtype=dtype)
-        elif dtype == "<i4":
-            values = np.asarray(output.contents.int_contents, dtype=dtype)
-        else:
-            values = np.asarray(output.contents.fp32_contents, dtype=dtype)
+    if len(response.raw_output_contents) != len(response.outputs):
+        raise LoadError(
+            f"{len(response.outputs)} outputs but {len(response.raw_output_contents)} raw contents"
+        )
+    for output, raw in zip(response.outputs, response.raw_output_contents, strict=True):
         try:
-            out[output.name] = values.reshape(tuple(output.shape))
-        except ValueError as err:
-            raise LoadError(f"{output.name}: {values.size} values for shape {list(output.shape)}") from err
+            router_tensors.check_raw_size(output.name, output.datatype, output.shape, raw)
+            out[output.name] = router_tensors.to_numpy(output.datatype, output.shape, raw)
+        except Exception as err:  # noqa: BLE001 - a malformed output means a broken target
+            raise LoadError(f"output {output.name}: {err}") from err
     return out
 
 
