@@ -231,9 +231,7 @@ class Dataplane:
             return batcher
         if batcher is not None:  # the policy changed: the old one finishes what it holds
             self._retired.append(batcher)
-        for old in [b for b in self._retired if b.idle]:  # retired and drained: stop them
-            self._retired.remove(old)
-            task = asyncio.get_running_loop().create_task(old.close())
+            task = asyncio.get_running_loop().create_task(self._stop_when_drained(batcher))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         name, version = key
@@ -252,10 +250,20 @@ class Dataplane:
         self._batchers[key] = batcher
         return batcher
 
+    async def _stop_when_drained(self, batcher: Batcher) -> None:
+        """Closes a retired batcher once nothing waits in it and no batch of it is out."""
+        while not batcher.idle:
+            await asyncio.sleep(0.05)
+        if batcher in self._retired:
+            self._retired.remove(batcher)
+            await batcher.close()
+
     async def close(self) -> None:
         """Stops the batchers (calls still waiting in them get UNAVAILABLE)."""
         batchers = [*self._batchers.values(), *self._retired]
         self._batchers, self._retired = {}, []
+        for task in list(self._closing):
+            task.cancel()
         for batcher in batchers:
             await batcher.close()
 
