@@ -13,7 +13,6 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from typing import Any
 
 import grpc
 from tritonclient.grpc import service_pb2
+
+from devstack.triton import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORIES = (REPO_ROOT / "examples" / "triton", REPO_ROOT / "benchmarks" / "models" / "triton")
@@ -42,14 +43,6 @@ class SetupError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- process helpers
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _read_stat(pid: int) -> tuple[int, float] | None:
@@ -339,7 +332,7 @@ def router(
             reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             yield Target("router", error=f"`router models register {path.name}` failed: {reason[0]}")
             return
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, metrics_port = free_ports(3)
     logfile = workdir / "router.log"
     serve = [
         sys.executable, "-m", "router", "serve", "--registry", str(registry),

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from devstack.triton import REPO_ROOT, _group_alive, _kill_group
+from devstack.triton import REPO_ROOT, free_ports, kill_group, reap_group
 
 __all__ = ["DEFAULT_CACHE", "EXAMPLE_MODELS", "HANDLER_BASE", "MarSpec", "TorchServeServer", "build_mar"]
 
@@ -128,12 +128,6 @@ def _free_pair() -> int:
     raise RuntimeError("found no two consecutive free loopback ports")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class TorchServeServer:
     """One TorchServe (Java frontend + Python workers) on loopback ports; start(), stop(), kill()."""
 
@@ -152,9 +146,7 @@ class TorchServeServer:
         self.store = store or DEFAULT_CACHE / "model-store"
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="torchserve-"))
         self.grpc_port = grpc_port or _free_pair()
-        self.http_port, self.management_http_port, self.metrics_port = (
-            _free_port(), _free_port(), _free_port()
-        )
+        self.http_port, self.management_http_port, self.metrics_port = free_ports(3)
         self.log_path = self.workdir / "torchserve.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[..., TorchServeServer] | None = None
@@ -232,12 +224,12 @@ class TorchServeServer:
                 cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True,  # its own process group: stop reaches the workers
             )
-        self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid)
+        self._finalizer = weakref.finalize(self, kill_group, self._proc.pid)
         deadline = time.monotonic() + timeout
         while True:
             rc = self._proc.poll()
             if rc is not None:
-                _kill_group(self._proc.pid)
+                kill_group(self._proc.pid)
                 raise RuntimeError(f"torchserve exited with code {rc} while starting "
                                    f"(log {self.log_path}):\n{self.log_tail(40)}")
             if self._ready():
@@ -277,11 +269,11 @@ class TorchServeServer:
         if proc is None:
             return
         if proc.poll() is None:
-            _kill_group(proc.pid, signal.SIGTERM)
+            kill_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                _kill_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._reap(proc.pid)
 
@@ -290,7 +282,7 @@ class TorchServeServer:
         proc = self._proc
         if proc is None:
             return
-        _kill_group(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         proc.wait()
         self._reap(proc.pid)
 
@@ -298,10 +290,7 @@ class TorchServeServer:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        deadline = time.monotonic() + timeout
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            _kill_group(pgid, signal.SIGKILL)
-            time.sleep(0.05)
+        reap_group(pgid, timeout)
 
     def log_tail(self, n: int = 40) -> str:
         """The last `n` lines of torchserve's console log and its model log."""

@@ -312,7 +312,7 @@ def ensure_triton(cache: Path = DEFAULT_CACHE, log: Log = print) -> TritonInstal
     return install
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Return `count` distinct loopback ports that are free right now."""
     socks: list[socket.socket] = []
     try:
@@ -326,13 +326,21 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     """Send `sig` to process group `pgid`, ignoring a group that no longer exists."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def _group_alive(pgid: int) -> bool:
+def reap_group(pgid: int, timeout: float = 5) -> None:
+    """SIGKILL whatever is left of process group `pgid` and wait briefly for it to vanish."""
+    deadline = time.monotonic() + timeout
+    while group_alive(pgid) and time.monotonic() < deadline:
+        kill_group(pgid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def group_alive(pgid: int) -> bool:
     """Return whether process group `pgid` has a member that is not a zombie (reads /proc)."""
     try:
         entries = os.listdir("/proc")
@@ -381,7 +389,7 @@ class TritonServer:
         for repo in self.model_repositories:
             if not repo.is_dir():
                 raise FileNotFoundError(f"model repository {repo} is not a directory")
-        free = iter(_free_ports(3))
+        free = iter(free_ports(3))
         self.grpc_port = grpc_port or next(free)
         self.http_port = http_port or next(free)
         self.metrics_port = metrics_port or next(free)
@@ -463,12 +471,12 @@ class TritonServer:
                 env=env,
                 start_new_session=True,  # its own process group: stop/kill reach the stubs too
             )
-        self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid)
+        self._finalizer = weakref.finalize(self, kill_group, self._proc.pid)
         deadline = time.monotonic() + timeout
         while True:
             rc = self._proc.poll()
             if rc is not None:
-                _kill_group(self._proc.pid)  # backend stubs left behind, if any
+                kill_group(self._proc.pid)  # backend stubs left behind, if any
                 raise RuntimeError(
                     f"tritonserver exited with code {rc} while starting "
                     f"(log {self.log_path}):\n{self.log_tail(40)}"
@@ -504,11 +512,11 @@ class TritonServer:
         if proc is None:
             return
         if proc.poll() is None:
-            _kill_group(proc.pid, signal.SIGTERM)
+            kill_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                _kill_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._reap_group(proc.pid)
 
@@ -517,7 +525,7 @@ class TritonServer:
         proc = self._proc
         if proc is None:
             return
-        _kill_group(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         proc.wait()
         self._reap_group(proc.pid)
 
@@ -526,10 +534,7 @@ class TritonServer:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        deadline = time.monotonic() + timeout
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            _kill_group(pgid, signal.SIGKILL)
-            time.sleep(0.05)
+        reap_group(pgid, timeout)
 
     def restart(self, timeout: float = 120) -> None:
         """Stop (if running) and start again on the same ports."""
