@@ -27,6 +27,8 @@ from router.dataplane import Dataplane
 from router.grpc.calls import CallTracker, add_service
 from router.grpc.inference import InferenceServicer
 from router.grpc.tensorgate_api import PredictServicer, RegistryServicer
+from router.http import edge
+from router.http.server import HttpServer
 from router.registry import Registry, RegistryStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class App:
         self.settings = settings
         self.tracker = CallTracker(settings.server.max_concurrent_rpcs)
         self.grpc_port = 0
+        self.http_port = 0
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
@@ -76,11 +79,12 @@ class App:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        for service, servicer in (
+        services = (
             (OIP_SERVICE, InferenceServicer(self.dataplane, self.tracker)),
             (PREDICT_SERVICE, PredictServicer(self.dataplane, self.tracker)),
             (REGISTRY_SERVICE, RegistryServicer(self.admin, self.tracker)),
-        ):
+        )
+        for service, servicer in services:
             add_service(self.server, service, servicer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -92,6 +96,10 @@ class App:
         except RuntimeError as e:
             raise OSError(f"cannot listen for gRPC on {address}: {e}") from None
         await self.server.start()
+        self.http = HttpServer(
+            edge.build(s.http, self.dataplane, services[1:]), s.http, self.tracker
+        )
+        self.http_port = await self.http.start(s.server.host, s.server.http_port)
         try:
             self._metrics_server, _ = start_http_server(s.server.metrics_port, s.server.host)
         except OSError as e:
@@ -106,9 +114,10 @@ class App:
         self.dataplane.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "serving gRPC on %s:%d, metrics on http://%s:%d/metrics; %d model versions "
-            "registered (registry %s)",
-            s.server.host, self.grpc_port, s.server.host, self.metrics_port,
+            "serving gRPC on %s:%d, HTTP on http://%s:%d, metrics on http://%s:%d/metrics; "
+            "%d model versions registered (registry %s)",
+            s.server.host, self.grpc_port, s.server.host, self.http_port, s.server.host,
+            self.metrics_port,
             len(self.registry.all()), s.registry.path,
         )
 
@@ -123,6 +132,8 @@ class App:
         self.dataplane.ready = False
         self.tracker.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if hasattr(self, "http"):
+            self.http.close_idle()
         if not await self.tracker.wait_idle(grace):
             log.warning("grace period over with %d calls in flight; cancelling them",
                         self.tracker.inflight)
@@ -136,6 +147,8 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # start() may have failed part-way: close what it opened.
+        if hasattr(self, "http"):
+            await self.http.stop()
         if hasattr(self, "server"):
             await self.server.stop(grace=0.5)
         if hasattr(self, "dataplane"):

@@ -43,6 +43,26 @@ class ServerSettings:
 
 
 @dataclass
+class HttpSettings:
+    """Limits of the HTTP/JSON edge (served on server.http_port)."""
+
+    # Largest request body, in bytes (after gzip/deflate decoding); larger ones get 413.
+    max_body_bytes: int = 64 * MiB
+    # Request line and headers of one request, in bytes; more get 431.
+    max_header_bytes: int = 64 * 1024
+    # Nesting depth of a JSON body (objects and arrays); deeper ones get 400.
+    max_json_depth: int = 32
+    # Seconds a client has to send a request's line and headers; slower ones get 408.
+    header_timeout_s: float = 10.0
+    # Seconds a client has to send a request's body once its headers are in; slower get 408.
+    body_timeout_s: float = 60.0
+    # Seconds an idle keep-alive connection stays open.
+    keepalive_timeout_s: float = 60.0
+    # Connections open at once; more are answered 503 and closed.
+    max_connections: int = 1024
+
+
+@dataclass
 class RegistrySettings:
     """Where registered model versions are kept."""
 
@@ -99,6 +119,7 @@ class Settings:
     """Everything the router can be configured with."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -235,6 +256,13 @@ def validate(settings: Settings) -> None:
     positive = {
         "server.max_message_bytes": s.max_message_bytes,
         "server.max_concurrent_rpcs": s.max_concurrent_rpcs,
+        "http.max_body_bytes": settings.http.max_body_bytes,
+        "http.max_header_bytes": settings.http.max_header_bytes,
+        "http.max_json_depth": settings.http.max_json_depth,
+        "http.header_timeout_s": settings.http.header_timeout_s,
+        "http.body_timeout_s": settings.http.body_timeout_s,
+        "http.keepalive_timeout_s": settings.http.keepalive_timeout_s,
+        "http.max_connections": settings.http.max_connections,
         "registry.poll_interval_s": settings.registry.poll_interval_s,
         "backend.default_timeout_s": settings.backend.default_timeout_s,
         "backend.control_timeout_s": settings.backend.control_timeout_s,

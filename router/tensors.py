@@ -177,3 +177,73 @@ def split_rows(datatype: str, shape: Sequence[int], raw: bytes, rows: Sequence[i
         offset += r * row_bytes
     return out
 
+
+# JSON element kinds each datatype accepts (numpy dtype kinds of the parsed JSON values).
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def json_to_raw(where: str, datatype: str, shape: Sequence[int], data: object) -> bytes:
+    """Raw bytes of a tensor given as JSON data (the REST binding's `data`: flat or nested
+    row-major numbers, booleans, or strings for BYTES); InvalidInput naming what is wrong."""
+    n = element_count(shape)
+    if datatype == "BYTES":
+        items = _flatten(where, data)
+        strings = [x.encode() for x in items if isinstance(x, str)]
+        if len(strings) != len(items):
+            raise InvalidInput(f"{where}: BYTES data must be strings")
+        if len(items) != n:
+            raise InvalidInput(f"{where}: shape {list(shape)} needs {n} elements, got {len(items)}")
+        return encode_bytes_elements(strings)
+    dtype = NUMPY_DTYPES.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"{where}: {datatype} data cannot be JSON; send it as binary data")
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}: data must be a JSON array, got {type(data).__name__}")
+    try:
+        parsed = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"{where}: data is a ragged nested array") from None
+    if parsed.size != n:
+        raise InvalidInput(f"{where}: shape {list(shape)} needs {n} elements, got {parsed.size}")
+    if n and parsed.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        expected = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
+        raise InvalidInput(f"{where}: {datatype} data must be {expected}")
+    if dtype.kind in "iu" and n:
+        info = np.iinfo(dtype)
+        if parsed.dtype.kind == "O" or parsed.min() < info.min or parsed.max() > info.max:
+            raise InvalidInput(f"{where}: a value does not fit {datatype} ({info.min}..{info.max})")
+    try:
+        return np.ascontiguousarray(parsed, dtype=dtype).tobytes()
+    except (OverflowError, TypeError, ValueError):
+        raise InvalidInput(f"{where}: data does not fit {datatype}") from None
+
+
+def _flatten(where: str, data: object) -> list[object]:
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}: data must be a JSON array, got {type(data).__name__}")
+    out: list[object] = []
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
+    return out
+
+
+def raw_to_json(where: str, datatype: str, shape: Sequence[int], raw: bytes) -> list[object]:
+    """A raw tensor as a flat JSON-ready list (BF16 as floats, BYTES as UTF-8 strings)."""
+    if datatype == "BYTES":
+        try:
+            return [x.decode() for x in decode_bytes_elements(raw)]
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"{where}: BYTES output is not UTF-8 text; ask for it as binary data"
+            ) from None
+    if datatype == "BF16":
+        bits = np.frombuffer(raw, dtype="<u2").astype("<u4") << 16
+        return bits.view("<f4").tolist()  # type: ignore[no-any-return]
+    return np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype]).tolist()  # type: ignore[no-any-return]

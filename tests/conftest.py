@@ -116,6 +116,11 @@ class RouterThread:
     def address(self) -> str:
         return f"127.0.0.1:{self.app.grpc_port}"
 
+    @property
+    def http_address(self) -> str:
+        """host:port of the HTTP edge."""
+        return f"127.0.0.1:{self.app.http_port}"
+
     def stop(self) -> None:
         self.run(self.app.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -126,6 +131,7 @@ def router_settings(registry_path: Path, **overrides: Any) -> config.Settings:
     """Settings for a test router: free ports, a private registry, fast change polling."""
     values = {
         "server.grpc_port": 0,
+        "server.http_port": 0,
         "server.metrics_port": 0,
         "registry.path": str(registry_path),
         "registry.poll_interval_s": 0.2,
@@ -168,6 +174,7 @@ class RouterProcess:
         self.registry = registry
         self.port = free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
         self.log_path = log_path
         self.grace_s = grace_s
         self.env = env or {}
@@ -183,7 +190,8 @@ class RouterProcess:
         env["TENSORGATE_REGISTRY__POLL_INTERVAL_S"] = "0.2"
         env.update(self.env)
         cmd = [sys.executable, "-m", "router", "serve", "--registry", str(self.registry),
-               "--grpc-port", str(self.port), "--metrics-port", str(self.metrics_port)]
+               "--grpc-port", str(self.port), "--metrics-port", str(self.metrics_port),
+               "--http-port", str(self.http_port)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log)
         channel, stub = oip_stub(self.address)

@@ -1,0 +1,25 @@
+"""Assembles the HTTP edge's route table: the REST binding, then the transcoded services."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from google.protobuf.descriptor import ServiceDescriptor
+
+from router.config import HttpSettings
+from router.dataplane import Dataplane
+from router.grpc.calls import Servicer
+from router.http import oip
+from router.http.routes import Router
+
+
+def build(
+    settings: HttpSettings,
+    dataplane: Dataplane,
+    services: Sequence[tuple[ServiceDescriptor, Servicer]],
+) -> Router:
+    """The route table of the edge."""
+    router = Router()
+    for route in oip.routes(dataplane, settings):
+        router.add(route)
+    return router
