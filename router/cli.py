@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (server.host, default 127.0.0.1)")
     s.add_argument("--grpc-port", type=int, help="gRPC port (server.grpc_port, default 8500)")
     s.add_argument("--http-port", type=int,
-                   help="HTTP port (server.http_port, default 8501; the HTTP edge is not served yet)")
+                   help="HTTP port of the HTTP/JSON edge (server.http_port, default 8501)")
     s.add_argument("--metrics-port", type=int,
                    help="Prometheus port (server.metrics_port, default 8502)")
     s.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (log.level)")

@@ -315,3 +315,13 @@ def test_deadline_shorter_than_backend_is_504(router: RouterThread) -> None:
     assert status == 504, data
     assert "300m" in _error(status, data) or "deadline" in _error(status, data).lower()
     assert took < 2.5  # the caller's deadline, not the backend's 3 s
+
+
+def test_shared_memory_parameters_are_refused_with_501(router: RouterThread) -> None:
+    body = json.dumps({"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32",
+         "parameters": {"shared_memory_region": "r0", "shared_memory_byte_size": 64}},
+        SIMPLE_OK,
+    ]}).encode()
+    status, _, data = _post(router.http_address, "/v2/models/simple/infer", body)
+    assert status == 501 and "shared memory (shared_memory_region)" in _error(status, data)

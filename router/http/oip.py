@@ -33,6 +33,11 @@ _HTTP_PARAMETERS = frozenset(["binary_data_output"])
 
 def _parameter(where: str, key: str, value: object, into: Any) -> None:
     """Sets one InferParameter from a JSON value."""
+    if key.startswith("shared_memory_"):
+        raise Unimplemented(
+            f"{where}: shared memory ({key}) is not supported through the router; send the "
+            "tensor in the body (binary_data_size)"
+        )
     param = into[key]
     if isinstance(value, bool):
         param.bool_param = value
