@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+import uvloop
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from router import config
@@ -100,7 +101,7 @@ class RouterThread:
     def __init__(self, settings: config.Settings) -> None:
         self.settings = settings
         self.app = App(settings)
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as `tensorgate serve` runs it
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> RouterThread:

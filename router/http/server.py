@@ -22,6 +22,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import httptools
 
@@ -295,7 +296,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
         if len(self.server.connections) >= self.limits.max_connections:
             rid = context.new_request_id()
