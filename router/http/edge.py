@@ -9,7 +9,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from router.config import HttpSettings
 from router.dataplane import Dataplane
 from router.grpc.calls import Servicer
-from router.http import oip
+from router.http import oip, transcode
 from router.http.routes import Router
 
 
@@ -18,8 +18,11 @@ def build(
     dataplane: Dataplane,
     services: Sequence[tuple[ServiceDescriptor, Servicer]],
 ) -> Router:
-    """The route table of the edge."""
+    """The route table of the edge: the Open Inference Protocol's REST routes first, then every
+    `google.api.http` binding of the services' methods."""
     router = Router()
     for route in oip.routes(dataplane, settings):
+        router.add(route)
+    for route in transcode.routes(services, settings):
         router.add(route)
     return router
