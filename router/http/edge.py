@@ -9,7 +9,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from router.config import HttpSettings
 from router.dataplane import Dataplane
 from router.grpc.calls import Servicer
-from router.http import oip, transcode
+from router.http import oip, openapi, transcode
 from router.http.routes import Router
 
 
@@ -19,10 +19,11 @@ def build(
     services: Sequence[tuple[ServiceDescriptor, Servicer]],
 ) -> Router:
     """The route table of the edge: the Open Inference Protocol's REST routes first, then every
-    `google.api.http` binding of the services' methods."""
+    `google.api.http` binding of the services' methods, then `GET /openapi.json`."""
     router = Router()
     for route in oip.routes(dataplane, settings):
         router.add(route)
     for route in transcode.routes(services, settings):
         router.add(route)
+    router.add(openapi.route([service for service, _ in services]))
     return router
