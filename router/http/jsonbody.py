@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import numpy as np
 
 from router.errors import InvalidInput
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
 
 def check_depth(data: bytes, limit: int) -> None:
     """InvalidInput when JSON text nests objects and arrays deeper than limit.
 
-    Fast when it cannot (fewer brackets than the limit); otherwise strings are blanked with a
-    regex and the depth found from the brackets' running sum, both in C.
+    Free when it cannot (no more brackets than the limit). Otherwise, in numpy: escaped
+    backslashes and quotes are dropped, a bracket is inside a string when an odd number of quotes
+    comes before it, and the depth is the running sum of the other brackets.
     """
     if data.count(b"[") + data.count(b"{") <= limit:
         return
-    text = np.frombuffer(_STRING.sub(b'""', data), dtype=np.uint8)
+    text = np.frombuffer(data.replace(b"\\\\", b"").replace(b'\\"', b""), dtype=np.uint8)
+    quotes = np.flatnonzero(text == 34)
     at = np.flatnonzero((text == 91) | (text == 123) | (text == 93) | (text == 125))
+    at = at[(np.searchsorted(quotes, at) & 1) == 0]
     if not at.size:
         return
-    steps = np.where((text[at] == 91) | (text[at] == 123), 1, -1)
-    depth = int(np.cumsum(steps).max())
+    opens = (text[at] == 91) | (text[at] == 123)
+    depth = int(np.cumsum(np.where(opens, 1, -1)).max())
     if depth > limit:
         raise InvalidInput(f"JSON body nests {depth} levels deep; http.max_json_depth={limit}")
 
