@@ -81,25 +81,31 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     install = ensure_triton()
     tokenizer = prepare()  # the example models trained at set-up (digits, wine), minilm's weights
-    triton = TritonServer([REPO_ROOT / "examples" / "triton"], install=install,
-                          log_path=RUN_DIR / "triton.log")
+    triton = TritonServer(
+        [REPO_ROOT / "examples" / "triton"], install=install, log_path=RUN_DIR / "triton.log"
+    )
     torchserve = TorchServeServer(EXAMPLE_MODELS, workdir=RUN_DIR / "torchserve")
     router: subprocess.Popen[bytes] | None = None
     try:
-        print(f"starting Triton (log: {triton.log_path}) and TorchServe (log: {torchserve.log_path}) ...",
-              flush=True)
+        print(
+            f"starting Triton (log: {triton.log_path}) and TorchServe (log: {torchserve.log_path}) ...",
+            flush=True,
+        )
         with ThreadPoolExecutor(2) as pool:
             started = [pool.submit(triton.start), pool.submit(torchserve.start)]
             for future in started:
                 future.result()
-        print(f"Triton ready on {triton.grpc_address}, TorchServe on {torchserve.grpc_address}",
-              flush=True)
-        env = dict(os.environ, TENSORGATE_EXAMPLE_TRITON=triton.grpc_address,
-                   TENSORGATE_EXAMPLE_TORCHSERVE=torchserve.grpc_address,
-                   TENSORGATE_MINILM_TOKENIZER=str(tokenizer))
+        print(f"Triton ready on {triton.grpc_address}, TorchServe on {torchserve.grpc_address}", flush=True)
+        env = dict(
+            os.environ,
+            TENSORGATE_EXAMPLE_TRITON=triton.grpc_address,
+            TENSORGATE_EXAMPLE_TORCHSERVE=torchserve.grpc_address,
+            TENSORGATE_MINILM_TOKENIZER=str(tokenizer),
+        )
         tensorgate = [sys.executable, "-m", "router"]
-        subprocess.run([*tensorgate, "models", "register", "examples/models.yaml"],
-                       cwd=REPO_ROOT, env=env, check=True)
+        subprocess.run(
+            [*tensorgate, "models", "register", "examples/models.yaml"], cwd=REPO_ROOT, env=env, check=True
+        )
         router = subprocess.Popen([*tensorgate, "serve"], cwd=REPO_ROOT, env=env)
         # The router's own settings (embedded defaults, TENSORGATE_* variables) say where it is.
         from router import config
@@ -108,9 +114,11 @@ def main() -> int:
         address = f"{server.host}:{server.grpc_port}"
         _wait_router_ready(router, address)
         files = _write_example_inputs()
-        print(f"""
-tensorgate is serving on {address} (Open Inference Protocol + tensorgate.v1), metrics on
-http://{server.host}:{server.metrics_port}/metrics. Try, in another terminal:
+        print(
+            f"""
+tensorgate is serving gRPC on {address} (Open Inference Protocol + tensorgate.v1), HTTP on
+http://{server.host}:{server.http_port} (REST binding, tensorgate.v1 as JSON, /openapi.json),
+metrics on http://{server.host}:{server.metrics_port}/metrics. Try, in another terminal:
 
   .venv/bin/tensorgate infer simple --address {address} \\
       --tensor INPUT0={files["INPUT0.npy"]} --tensor INPUT1={files["INPUT1.npy"]}
@@ -120,20 +128,28 @@ http://{server.host}:{server.metrics_port}/metrics. Try, in another terminal:
   .venv/bin/tensorgate infer minilm --address {address} --text "A router in front of Triton."
   .venv/bin/tensorgate models list
   .venv/bin/python examples/simple_client.py --url {address}   # Triton's own client, unchanged
+  curl -s {server.host}:{server.http_port}/v1/models/minilm:predict \
+      -d '{{"items": [{{"text": {{"text": "A router in front of Triton."}}}}]}}'
+  curl -s {server.host}:{server.http_port}/v1/models/digits:predict \
+      -d "{{\\"items\\": [{{\\"image\\": {{\\"data\\": \\"$(base64 -w0 {files["digit.png"]})\\"}}}}]}}"
+  (more curl lines in the README, "Calling over HTTP")
 
 Ctrl-C stops the router, Triton and TorchServe.
-""", flush=True)
+""",
+            flush=True,
+        )
         while not stop:
             if router.poll() is not None:
                 print(f"the router exited with code {router.returncode}", file=sys.stderr)
                 return 1
             if not triton.running:
-                print(f"Triton exited; its log: {triton.log_path}\n{triton.log_tail(20)}",
-                      file=sys.stderr)
+                print(f"Triton exited; its log: {triton.log_path}\n{triton.log_tail(20)}", file=sys.stderr)
                 return 1
             if not torchserve.running:
-                print(f"TorchServe exited; its log: {torchserve.log_path}\n{torchserve.log_tail(20)}",
-                      file=sys.stderr)
+                print(
+                    f"TorchServe exited; its log: {torchserve.log_path}\n{torchserve.log_tail(20)}",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(0.2)
         print("stopping ...", flush=True)

@@ -31,8 +31,11 @@ def examples_router(router: RouterThread, triton: Any, torchserve: Any) -> Route
     try:
         records = parse_registration(load_yaml(REPO / "examples" / "models.yaml"), "examples")
     finally:
-        for var in ("TENSORGATE_EXAMPLE_TRITON", "TENSORGATE_EXAMPLE_TORCHSERVE",
-                    "TENSORGATE_MINILM_TOKENIZER"):
+        for var in (
+            "TENSORGATE_EXAMPLE_TRITON",
+            "TENSORGATE_EXAMPLE_TORCHSERVE",
+            "TENSORGATE_MINILM_TOKENIZER",
+        ):
             del os.environ[var]
     router.run(router.app.admin.register([r for r in records if r.name != "simple"]))
     return router
@@ -113,16 +116,19 @@ def test_minilm_embeddings_equal_sentence_transformers(examples_router: RouterTh
     embeddings as sentence-transformers running the model directly."""
     from sentence_transformers import SentenceTransformer
 
-    texts = ["A router in front of Triton.", "Café crème brûlée", "東京は日本の首都です", "",
-             "tensors travel as raw bytes " * 40]
+    texts = [
+        "A router in front of Triton.",
+        "Café crème brûlée",
+        "東京は日本の首都です",
+        "",
+        "tensors travel as raw bytes " * 40,
+    ]
     request = inference_pb2.PredictRequest(model="minilm")
     for text in texts:
         request.items.add().text.text = text
     with grpc.insecure_channel(examples_router.address) as channel:
         response = inference_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=120)
-    got = np.concatenate([
-        to_numpy(t.datatype, t.shape, t.data) for r in response.results for t in r.outputs
-    ])
+    got = np.concatenate([to_numpy(t.datatype, t.shape, t.data) for r in response.results for t in r.outputs])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = prepare().parent
     direct = SentenceTransformer(str(model_dir), device="cpu").encode(texts, convert_to_numpy=True)
@@ -137,8 +143,22 @@ def test_minilm_from_the_cli(examples_router: RouterThread) -> None:
 
     text = "A router in front of Triton."
     result = subprocess.run(
-        [sys.executable, "-m", "router", "infer", "minilm", "--text", text, "--address",
-         examples_router.address, "--json"], cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "router",
+            "infer",
+            "minilm",
+            "--text",
+            text,
+            "--address",
+            examples_router.address,
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     embedding = json.loads(result.stdout)["results"][0]["outputs"]["EMBEDDING"]
@@ -150,3 +170,75 @@ def test_minilm_from_the_cli(examples_router: RouterThread) -> None:
     (out,) = response.results[0].outputs
     assert np.allclose(embedding["data"], to_numpy(out.datatype, out.shape, out.data).reshape(-1))
     assert abs(np.linalg.norm(embedding["data"]) - 1.0) < 1e-5
+
+
+def _readme_curl_lines() -> list[str]:
+    """The curl lines of the README's "Calling over HTTP" block."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("tests/test_examples.py runs every line of this block", 1)[1]
+    block = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("curl ")]
+
+
+# A shell function standing in for curl that prints the -d argument: the request body as the
+# shell expands it (base64 of the files included).
+_PRINT_BODY = 'curl() { while [ $# -gt 0 ]; do [ "$1" = -d ] && printf "%s" "$2"; shift; done; }; '
+
+
+def test_readme_curl_lines_answer_as_grpc_does(examples_router: RouterThread) -> None:
+    import json
+    import subprocess
+
+    from google.protobuf import json_format
+
+    from devstack.run import _write_example_inputs
+
+    _write_example_inputs()  # .cache/run/digit.png and wine.csv, as `make run` writes them
+    lines = _readme_curl_lines()
+    assert len(lines) == 7
+    seen = set()
+    for line in lines:
+        cmd = line.replace("localhost:8501", examples_router.http_address)
+        done = subprocess.run(
+            ["bash", "-c", cmd + " -w '\\n%{http_code}'"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        body, _, code = done.stdout.rpartition("\n")
+        assert code == "200", (line, done.stdout[-500:], done.stderr)
+        answer = json.loads(body)
+        if ":predict" in line:
+            sent = subprocess.run(
+                ["bash", "-c", _PRINT_BODY + cmd],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            request = json_format.ParseDict(json.loads(sent), inference_pb2.PredictRequest())
+            request.model = line.split("/v1/models/", 1)[1].split(":predict", 1)[0]
+            with grpc.insecure_channel(examples_router.address) as channel:
+                stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                expected = json_format.MessageToDict(
+                    stub.Predict(request, timeout=60), always_print_fields_with_no_presence=True
+                )
+            assert answer.pop("requestId") and expected.pop("requestId")
+            assert answer == expected, line
+            if request.model != "minilm":
+                assert answer["results"][0]["classifications"], line
+            seen.add(request.model)
+        elif "/v2/models/simple/infer" in line:
+            outputs = {o["name"]: o["data"] for o in answer["outputs"]}
+            assert outputs["OUTPUT0"] == [i + 1 for i in range(16)]
+            assert outputs["OUTPUT1"] == [i - 1 for i in range(16)]
+            seen.add("simple")
+        elif "/v1/registry/models" in line:
+            assert [(m["name"], m["version"]) for m in answer["models"]] == [("wine", "1")]
+            seen.add("registry")
+        else:
+            assert answer["openapi"].startswith("3.") and "/v2/models/{name}/infer" in answer["paths"]
+            seen.add("openapi")
+    assert seen == {"simple", "digits", "minilm", "wine", "wine_torch", "registry", "openapi"}
