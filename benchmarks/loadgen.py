@@ -1,8 +1,10 @@
-"""gRPC load generator: closed loop (fixed concurrency) or open loop (Poisson arrivals).
+"""Load generator, gRPC or HTTP: closed loop (fixed concurrency) or open loop (Poisson arrivals).
 
-Kept as cheap as possible so it does not steal CPU from the server under test: one grpc.aio
-channel, a raw unary-unary call with identity serializers, and a request serialized once
-(benchmarks.workloads). After a warm-up, calls are measured for a window:
+Kept as cheap as possible so it does not steal CPU from the server under test: a request
+serialized once (benchmarks.workloads) and a caller for the workload's transport. gRPC: one
+grpc.aio channel, a raw unary-unary call with identity serializers. HTTP (benchmarks.httpload):
+one keep-alive HTTP/1.1 connection per closed-loop worker, a pool of them for open loop, on
+asyncio Protocols with httptools' parser. After a warm-up, calls are measured for a window:
 
 - closed loop (`-c N`): N coroutines each issue calls back to back; a call counts when it
   completes inside the window. Latency hides queueing (a slow answer delays the next request).
@@ -14,6 +16,7 @@ channel, a raw unary-unary call with identity serializers, and a request seriali
 
     python -m benchmarks.loadgen --target 127.0.0.1:8001 --workload simple -c 16 --duration 10
     python -m benchmarks.loadgen --target 127.0.0.1:8500 --workload fixed_cost --rate 500
+    python -m benchmarks.loadgen --target 127.0.0.1:8501 --workload rest_json_simple -c 16
 
 The first response (a pre-flight call) and the last response of every worker (closed) or a sample
 of responses (open) are checked by the workload's verify, so a broken target cannot look fast.
@@ -23,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import gc
 import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -88,22 +94,96 @@ def _summarize(latencies_ns: list[int]) -> dict[str, float]:
     }
 
 
-async def _preflight(
-    call: grpc.aio.UnaryUnaryMultiCallable,
-    target: str,
-    workload: Workload,
-    timeout_s: float,
-    channel: grpc.aio.Channel,
-) -> None:
-    """One checked call before measuring: LoadError when the target is unreachable or wrong."""
+Send = Callable[[], Awaitable[bytes]]
+
+
+class Caller(Protocol):
+    """How the loops make calls over one transport: the only part that differs between gRPC and HTTP.
+
+    A call (a `Send`) returns the response's bytes or raises `failure`, counted under `code(err)`.
+    """
+
+    @property
+    def failure(self) -> type[Exception]:
+        """The exception a failed call raises."""
+        ...
+
+    def code(self, err: Any) -> str:
+        """The error count's key of a failed call."""
+        ...
+
+    async def preflight(self) -> bytes:
+        """The first call, once the target is reachable; LoadError when it is not or the call fails."""
+        ...
+
+    def lane(self) -> Send:
+        """A call for one closed-loop worker (HTTP: over a connection of its own)."""
+        ...
+
+    @property
+    def shared(self) -> Send:
+        """One open-loop call."""
+        ...
+
+    async def aclose(self) -> None:
+        """Closes what the caller opened."""
+        ...
+
+
+class GrpcCaller:
+    """Calls over one grpc.aio channel: a raw unary-unary call with identity (de)serializers."""
+
+    failure = grpc.aio.AioRpcError
+
+    def __init__(self, target: str, workload: Workload, timeout_s: float) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        call = self.channel.unary_unary(workload.method)  # identity (de)serializers: bytes both ways
+        self.send: Send = functools.partial(call, workload.request, timeout=timeout_s)
+        self.shared = self.send  # open loop: calls share the channel too
+
+    @staticmethod
+    def code(err: grpc.aio.AioRpcError) -> str:
+        """The status code's name."""
+        return str(err.code().name)
+
+    async def preflight(self) -> bytes:
+        """One call once the channel is ready."""
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), timeout=self.timeout_s)
+            first: bytes = await self.send()
+        except TimeoutError as err:
+            raise LoadError(f"{self.target}: not reachable within {self.timeout_s:g}s") from err
+        except grpc.aio.AioRpcError as err:
+            raise LoadError(
+                f"{self.target}: pre-flight call failed: {err.code().name}: {err.details()}"
+            ) from err
+        return first
+
+    def lane(self) -> Send:
+        """Every worker shares the channel (gRPC multiplexes calls on it)."""
+        return self.send
+
+    async def aclose(self) -> None:
+        """Closes the channel."""
+        await self.channel.close()
+
+
+@contextlib.asynccontextmanager
+async def open_caller(target: str, workload: Workload, timeout_s: float) -> AsyncIterator[Caller]:
+    """The caller of the workload's transport, closed on exit."""
+    caller: Caller
+    if workload.transport == "http":
+        from benchmarks.httpload import HttpCaller
+
+        caller = HttpCaller(target, workload, timeout_s)
+    else:
+        caller = GrpcCaller(target, workload, timeout_s)
     try:
-        await asyncio.wait_for(channel.channel_ready(), timeout=timeout_s)
-        first: bytes = await call(workload.request, timeout=timeout_s)
-    except TimeoutError as err:
-        raise LoadError(f"{target}: not reachable within {timeout_s:g}s") from err
-    except grpc.aio.AioRpcError as err:
-        raise LoadError(f"{target}: pre-flight call failed: {err.code().name}: {err.details()}") from err
-    workload.verify(first)
+        yield caller
+    finally:
+        await caller.aclose()
 
 
 async def run_load(
@@ -127,9 +207,8 @@ async def run_load(
     if concurrency < 1 or duration_s <= 0 or warmup_s < 0 or (rate is not None and rate <= 0):
         raise ValueError("need concurrency >= 1, rate > 0, duration > 0, warmup >= 0")
     say = log or (lambda _msg: None)
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(workload.method)  # identity (de)serializers: bytes both ways
-        await _preflight(call, target, workload, timeout_s, channel)
+    async with open_caller(target, workload, timeout_s) as caller:
+        workload.verify(await caller.preflight())
 
         latencies: list[int] = []
         errors: Counter[str] = Counter()
@@ -137,20 +216,21 @@ async def run_load(
         perf = time.perf_counter_ns
         start_ns = perf() + int(warmup_s * 1e9)
         end_ns = start_ns + int(duration_s * 1e9)
-        request = workload.request
+        failure, code, shared = caller.failure, caller.code, caller.shared
         peak = [0]
 
         async def worker(slot: int) -> None:
             """Closed loop: issue calls back to back until the window ends."""
             record = latencies.append
+            send = caller.lane()
             last: bytes | None = None
             while perf() < end_ns:
                 t0 = perf()
                 try:
-                    response = await call(request, timeout=timeout_s)
-                except grpc.aio.AioRpcError as err:
+                    response = await send()
+                except failure as err:
                     if start_ns <= perf() < end_ns:
-                        errors[err.code().name] += 1
+                        errors[code(err)] += 1
                     continue
                 t1 = perf()
                 if start_ns <= t1 < end_ns:
@@ -162,10 +242,10 @@ async def run_load(
         async def one(due: int, keep: bool) -> None:
             """Open loop: one call, timed from when it was due."""
             try:
-                response = await call(request, timeout=timeout_s)
-            except grpc.aio.AioRpcError as err:
+                response = await shared()
+            except failure as err:
                 if start_ns <= due < end_ns:
-                    errors[err.code().name] += 1
+                    errors[code(err)] += 1
                 return
             if start_ns <= due < end_ns:
                 latencies.append(perf() - due)
@@ -245,7 +325,9 @@ async def run_load(
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: run one load and print the result (JSON with --json)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__.split("\n")[0])
-    parser.add_argument("--target", required=True, help="host:port of the gRPC server")
+    parser.add_argument(
+        "--target", required=True, help="host:port of the server (its HTTP port for the rest_* workloads)"
+    )
     parser.add_argument("--workload", default="simple", help="benchmarks.workloads name (default simple)")
     parser.add_argument("--model", help="model name the target serves the workload under (default: its own)")
     loop = parser.add_mutually_exclusive_group()

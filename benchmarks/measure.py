@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.servers import REPO_ROOT, all_stats, machine_jiffies, tree_cpu_seconds
+from benchmarks.workloads import Transport, transport_of
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Spec:
     def load(self) -> str:
         """'c=16' or 'rate=500/s'."""
         return f"c={self.concurrency}" if self.rate is None else f"rate={self.rate:g}/s"
+
+    @property
+    def transport(self) -> Transport:
+        """Which of the target's ports the workload loads: grpc or http."""
+        return transport_of(self.workload)
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -71,7 +77,7 @@ class Cell:
         return None if value is None else float(value)
 
     def cpu_us_per_call(self, server: str) -> float | None:
-        """CPU microseconds `server` spent per completed call, or None."""
+        """CPU microseconds `server` (or "client", the load generator) spent per completed call, or None."""
         cores, rps = self.cpu_cores.get(server), self.throughput
         return None if cores is None or not rps else cores / rps * 1e6
 

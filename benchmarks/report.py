@@ -18,6 +18,14 @@ ADDED_LATENCY_GOAL = 1.2  # router's added p50 over the bare proxy's added p50
 THROUGHPUT_GOAL = 0.9  # router / bare proxy, req/s
 PAYLOAD_GOAL = 1.3  # router p50 / direct p50 for the largest payload
 BATCHING_GOAL = 8.0  # router with batching / without, req/s at concurrency 64
+# Goals of the HTTP edge: the router's REST req/s over its gRPC req/s on `simple`, at c=16.
+REST_BINARY_GOAL = 0.8  # binary tensor data extension
+REST_JSON_GOAL = 0.5  # JSON tensors
+REST_GOALS = (
+    ("rest_bin_simple", "REST binary", REST_BINARY_GOAL),
+    ("rest_json_simple", "REST JSON", REST_JSON_GOAL),
+)
+SATURATED = 0.9  # cores: a single-threaded process (router, load generator) this busy is the limit
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,60 @@ def evaluate(cells: Sequence[Cell], *, batch_delay_ms: float, service_ms: float)
                 f"p50 {_fmt(ok_batched.p('p50') if ok_batched else None)} ms",
             )
         )
+    goals += _rest_goals(cells)
+    return goals
+
+
+def limit(cell: Cell) -> str:
+    """What most likely limits a cell's throughput, judged from its CPU use.
+
+    A process near a full core (the router and the load generator each run one event loop), else
+    the whole machine when it is busy.
+    """
+    single = {k: v for k, v in cell.cpu_cores.items() if k in ("router", "proxy", "client")}
+    if single:
+        name, cores = max(single.items(), key=lambda kv: kv[1])
+        if cores >= SATURATED:
+            return f"{'load generator' if name == 'client' else name} ({cores:.2f} cores)"
+    if cell.machine_busy is not None and cell.machine_busy >= SATURATED:
+        return f"machine ({cell.machine_busy:.0%} busy)"
+    return "no CPU limit seen"
+
+
+def _per_call(cell: Cell, who: str) -> str:
+    """CPU µs per call of `who` in a cell, formatted."""
+    return _fmt(cell.cpu_us_per_call(who), ".0f")
+
+
+def _rest_goals(cells: Sequence[Cell]) -> list[Goal]:
+    """REST / gRPC throughput through the router, at the http group's highest concurrency."""
+    loads = [c.spec.concurrency for c in cells if c.spec.group == "http" and c.spec.workload == "simple"]
+    if not loads:
+        return []
+    load = f"c={max(loads)}"
+    grpc = _find(cells, "http", "router", load, "simple")
+    goals = []
+    for workload, label, goal in REST_GOALS:
+        rest = _find(cells, "http", "router", load, workload)
+        ratio = (rest.throughput or 0) / grpc.throughput if rest and grpc and grpc.throughput else None
+        detail = "a cell is missing or failed"
+        if rest and grpc:
+            detail = (
+                f"{_fmt(rest.throughput, '.0f')} vs {_fmt(grpc.throughput, '.0f')} req/s; "
+                f"router CPU {_per_call(rest, 'router')} vs {_per_call(grpc, 'router')} µs/call, "
+                f"load generator {_per_call(rest, 'client')} vs {_per_call(grpc, 'client')} µs/call; "
+                f"limit: {limit(rest)} vs {limit(grpc)}"
+            )
+        goals.append(
+            Goal(
+                "http",
+                f"throughput router {label} / gRPC, {load}",
+                ratio,
+                f"≥ {goal}",
+                None if ratio is None else ratio >= goal,
+                detail,
+            )
+        )
     return goals
 
 
@@ -185,7 +247,9 @@ def markdown(cells: Sequence[Cell], goals: Sequence[Goal], meta: dict[str, Any])
     lines += [
         "",
         "Server CPU is the hop's own process (proxy, router; with its children) per completed call; "
-        "the direct rows have no hop. Open-loop rows (rate=) time each call from when it was due.",
+        "the direct rows have no hop. Open-loop rows (rate=) time each call from when it was due. "
+        "Workloads named rest_* are HTTP/1.1 calls to the server's REST port (the Open Inference "
+        "Protocol's REST binding), the others gRPC.",
         "",
         "| goal | value | target | verdict | detail |",
         "|---|---:|---|---|---|",

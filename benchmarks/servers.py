@@ -206,18 +206,23 @@ class Target:
     """A scenario's endpoint, or why it is unavailable."""
 
     name: str
-    address: str | None = None
+    address: str | None = None  # host:port of its gRPC port
     pid: int | None = None
     error: str | None = None
+    http_address: str | None = None  # host:port of its HTTP port (the REST binding), if known
 
 
 @contextlib.contextmanager
-def triton(existing: str | None, workdir: Path) -> Iterator[Target]:
-    """Start Triton with the example and benchmark models via devstack (or use ``existing``)."""
+def triton(existing: str | None, workdir: Path, existing_http: str | None = None) -> Iterator[Target]:
+    """Start Triton with the example and benchmark models via devstack (or use ``existing``).
+
+    ``existing_http``: the HTTP port of the ``existing`` Triton, if known.
+    """
     if existing:
-        log(f"using the Triton at {existing}")
+        log(f"using the Triton at {existing}" + (f" (HTTP {existing_http})" if existing_http else ""))
         wait_ready(existing, 10.0, name="Triton")
-        yield Target("triton", existing, pid_listening_on(int(existing.rsplit(":", 1)[1])))
+        pid = pid_listening_on(int(existing.rsplit(":", 1)[1]))
+        yield Target("triton", existing, pid, http_address=existing_http)
         return
     try:
         from devstack.examples import prepare
@@ -247,8 +252,8 @@ def triton(existing: str | None, workdir: Path) -> Iterator[Target]:
             raise SetupError(f"cannot start Triton: {err}") from err
         address: str = server.grpc_address
         wait_ready(address, START_TIMEOUT_S, name="Triton")
-        log(f"Triton ready at {address} (pid {server.pid})")
-        yield Target("triton", address, server.pid)
+        log(f"Triton ready at {address}, HTTP {server.http_address} (pid {server.pid})")
+        yield Target("triton", address, server.pid, http_address=server.http_address)
     finally:
         log("stopping Triton")
         server.stop()
@@ -350,7 +355,8 @@ def router(
             log(f"router unavailable: {err}\n{_log_tail(logfile)}")
             yield Target("router", error=str(err))
             return
-        log(f"router ready at {address} (pid {proc.pid})")
-        yield Target("router", address, proc.pid)
+        http_address = f"127.0.0.1:{http_port}"
+        log(f"router ready at {address}, HTTP {http_address} (pid {proc.pid})")
+        yield Target("router", address, proc.pid, http_address=http_address)
     finally:
         stop_process(proc, "router")

@@ -19,10 +19,15 @@ Groups (the standard suite runs them all, in a few minutes on 2 cores):
 - transforms: router Predict with one PNG image or one CSV row per call, c=8 (reported).
 - torchserve: the wine classifier straight to a real TorchServe (`.npy` in, `.npz` out) and
   through the router (OIP tensors in and out), c=1 and 8 (reported).
+- http: the REST binding (HTTP/1.1, benchmarks.httpload) against gRPC, router and direct Triton:
+  `simple` as gRPC, REST binary tensors and REST JSON at c=1 and 16, and FP32 identity of 64 KiB
+  and 1 MiB as gRPC and REST binary at c=4. Goals at c=16: the router's REST binary reaches at
+  least 0.8x its gRPC req/s, REST JSON at least 0.5x.
 
     python -m benchmarks.suite                       # the standard suite (`make bench`)
     python -m benchmarks.suite --groups batching --duration 10 --rounds 3
     python -m benchmarks.suite --quick               # every group, short windows (a smoke run)
+    python -m benchmarks.suite --groups http --triton 127.0.0.1:8001 --triton-http 127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -61,10 +66,15 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 BENCH_MODELS = REPO_ROOT / "benchmarks" / "models.yaml"
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models.yaml"
 FIXED_COST_CONFIG = REPO_ROOT / "benchmarks" / "models" / "triton" / "fixed_cost" / "config.pbtxt"
-GROUPS = ("overhead", "payload", "batching", "openloop", "transforms", "torchserve")
+GROUPS = ("overhead", "payload", "batching", "openloop", "transforms", "torchserve", "http")
 DEFAULT_SIZES = ("64", "64KiB", "1MiB", "4MiB")
 DEFAULT_RATES = (250.0, 500.0, 1000.0, 2000.0, 3000.0)
 BATCHING_CONCURRENCY = 64
+HTTP_LOADS = (1, 16)
+# `simple` as gRPC, as REST with binary tensors, as REST with JSON tensors
+HTTP_SMALL = ("simple", "rest_bin_simple", "rest_json_simple")
+HTTP_SIZES = ("64KiB", "1MiB")
+HTTP_SIZE_CONCURRENCY = 4
 
 
 def specs_for(groups: list[str], sizes: list[str], rates: list[float]) -> list[Spec]:
@@ -101,7 +111,27 @@ def specs_for(groups: list[str], sizes: list[str], rates: list[float]) -> list[S
         for conc in (1, 8):
             specs.append(Spec("torchserve", "direct", "torchserve", "ts_wine", concurrency=conc))
             specs.append(Spec("torchserve", "router", "router", "wine_tensor", concurrency=conc))
+    if "http" in groups:
+        pairs = (("direct", "triton"), ("router", "router"))
+        for conc in HTTP_LOADS:
+            for scenario, target in pairs:
+                for workload in HTTP_SMALL:
+                    specs.append(Spec("http", scenario, target, workload, concurrency=conc))
+        for size in HTTP_SIZES:
+            for scenario, target in pairs:
+                for workload in (f"identity:{size}", f"rest_bin_identity:{size}"):
+                    specs.append(Spec("http", scenario, target, workload, concurrency=HTTP_SIZE_CONCURRENCY))
     return specs
+
+
+def address_for(target: Target, spec: Spec) -> tuple[str | None, str]:
+    """(the target's host:port for the spec's transport, or None; why it is unavailable)."""
+    if target.error is not None:
+        return None, target.error
+    if spec.transport == "http":
+        hint = " (pass --triton-http HOST:PORT with --triton)" if target.name == "triton" else ""
+        return target.http_address, f"{target.name}'s HTTP port is unknown{hint}"
+    return target.address, "unavailable"
 
 
 def batching_constants() -> tuple[float, float]:
@@ -183,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--triton", metavar="HOST:PORT", help="use this running Triton instead of starting one"
     )
+    parser.add_argument(
+        "--triton-http", metavar="HOST:PORT", help="with --triton: its HTTP port (for the http group)"
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the reports go")
     args = parser.parse_args(argv)
     groups = _csv(args.groups)
@@ -225,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp, contextlib.ExitStack() as stack:
             workdir = Path(tmp)
-            upstream = stack.enter_context(triton(args.triton, workdir))
+            upstream = stack.enter_context(triton(args.triton, workdir, args.triton_http))
             assert upstream.address is not None
             meta["triton"] = server_version(upstream.address)
             targets: dict[str, Target] = {"triton": upstream}
@@ -250,9 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{total} cells of {args.warmup:g}+{args.duration:g} s: groups {', '.join(groups)}")
             for round_no in range(1, args.rounds + 1):
                 for spec in specs:
-                    target = targets[spec.target]
-                    cell = run_cell(spec, target.address, args.duration, args.warmup, servers,
-                                    unavailable=target.error or "unavailable")  # fmt: skip
+                    address, why = address_for(targets[spec.target], spec)
+                    cell = run_cell(spec, address, args.duration, args.warmup, servers, unavailable=why)
                     cell.round = round_no
                     cells.append(cell)
                     _log_cell(cell, len(cells), total, clock)

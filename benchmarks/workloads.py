@@ -1,8 +1,10 @@
 """What a benchmark sends: one pre-serialized request per workload, and a check of each answer.
 
-A workload is the gRPC method, the request bytes (serialized once, so the load generator spends
-its CPU on calls, not on protobuf) and a `verify` function that raises LoadError unless a
-response is right, so a broken target can never look fast.
+A workload is the call (a gRPC method, or for `transport="http"` the path of an HTTP POST and
+its headers), the request bytes (serialized once, so the load generator spends its CPU on calls,
+not on protobuf or JSON) and a `verify` function that raises LoadError unless a response is
+right, so a broken target can never look fast. A gRPC response is the serialized message; an
+HTTP response is the raw HTTP/1.1 response (status line, headers, body), parsed only by verify.
 
 | name | method | request |
 |---|---|---|
@@ -13,6 +15,12 @@ response is right, so a broken target can never look fast.
 | `wine_csv` | tensorgate Predict | one CSV row through the table transform and classify |
 | `wine_tensor` | OIP ModelInfer | `wine_torch` (TorchServe) behind the router: FEATURES FP32 [1,13] |
 | `ts_wine` | TorchServe Predictions | the same call straight to TorchServe, `.npy` in, `.npz` out |
+| `rest_json_simple` | OIP REST infer | `simple` with JSON tensors both ways |
+| `rest_bin_simple` | OIP REST infer | `simple` with the binary tensor data extension both ways |
+| `rest_bin_identity:SIZE` | OIP REST infer | `identity_fp32`, SIZE bytes as binary tensor data both ways |
+
+Every REST workload's name starts with `rest_` (`transport_of`), so the suite knows which of a
+server's ports to load without building the workload.
 
 `build(name, model)` makes one; `model` is the name the target serves it under (a router may
 register the same backend model under several names, e.g. with and without batching).
@@ -21,10 +29,13 @@ register the same backend model under several names, e.g. with and without batch
 from __future__ import annotations
 
 import io
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
+import httptools
 import numpy as np
 from tritonclient.grpc import service_pb2
 
@@ -33,6 +44,10 @@ from router import tensors as router_tensors
 OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
 PREDICT = "/tensorgate.v1.InferenceService/Predict"
 TS_PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+# The Open Inference Protocol's REST binding: a JSON header of this many bytes, then raw tensors.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+REST_PREFIX = "rest_"
+Transport = Literal["grpc", "http"]
 # The `simple` model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1, INT32 [1, 16].
 SIMPLE_INPUT0 = np.arange(16, dtype="<i4").reshape(1, 16)
 SIMPLE_INPUT1 = np.full((1, 16), 3, dtype="<i4")
@@ -50,10 +65,17 @@ class Workload:
 
     name: str
     model: str
-    method: str
-    request: bytes
+    method: str  # gRPC: the method's path; HTTP: the path the request is POSTed to
+    request: bytes  # gRPC: the serialized message; HTTP: the body
     verify: Callable[[bytes], None]
     description: str
+    transport: Transport = "grpc"
+    headers: tuple[tuple[str, str], ...] = ()  # HTTP headers besides Host and Content-Length
+
+
+def transport_of(name: str) -> Transport:
+    """The transport of the workload called `name` (REST workloads are named rest_*)."""
+    return "http" if name.startswith(REST_PREFIX) else "grpc"
 
 
 def parse_size(text: str) -> int:
@@ -106,11 +128,16 @@ def oip_outputs(payload: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-def expect_outputs(expected: dict[str, np.ndarray]) -> Callable[[bytes], None]:
-    """A verify function: the response holds exactly these arrays (names, shapes, values)."""
+def expect_outputs(
+    expected: dict[str, np.ndarray], decode: Callable[[bytes], dict[str, np.ndarray]] = oip_outputs
+) -> Callable[[bytes], None]:
+    """A verify function: the response holds exactly these arrays (names, shapes, values).
+
+    `decode` reads the arrays of a response: `oip_outputs` (gRPC) or `rest_outputs` (HTTP).
+    """
 
     def verify(payload: bytes) -> None:
-        found = oip_outputs(payload)
+        found = decode(payload)
         for name, want in expected.items():
             got = found.get(name)
             if got is None:
@@ -120,6 +147,128 @@ def expect_outputs(expected: dict[str, np.ndarray]) -> Callable[[bytes], None]:
                 raise LoadError(f"{name} is wrong: shape {got.shape}, first values {first}")
 
     return verify
+
+
+class _Response:
+    """httptools callbacks collecting one response's headers and body."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def http_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers by lower-case name, body) of one raw HTTP/1.1 response; LoadError if not one."""
+    collected = _Response()
+    parser = httptools.HttpResponseParser(collected)
+    try:
+        parser.feed_data(raw)
+    except httptools.HttpParserError as err:
+        raise LoadError(f"response is not HTTP/1.1: {err}") from err
+    if not collected.complete:
+        raise LoadError(f"the HTTP response is incomplete ({len(raw)} bytes)")
+    return parser.get_status_code(), collected.headers, b"".join(collected.body)
+
+
+def rest_request(
+    tensors: dict[str, np.ndarray], outputs: Sequence[str] = (), binary: bool = False
+) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+    """(body, headers) of a REST inference request.
+
+    JSON: every tensor as a JSON array, the answer's too (no `outputs`: all of them, as JSON).
+    Binary: a JSON header then each input's raw bytes, and `outputs` asked for as binary data.
+    """
+    inputs: list[dict[str, object]] = []
+    chunks: list[bytes] = []
+    for name, array in tensors.items():
+        datatype, shape, raw = router_tensors.from_numpy(array)
+        entry: dict[str, object] = {"name": name, "datatype": datatype, "shape": shape}
+        if binary:
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = router_tensors.raw_to_json(name, datatype, shape, raw)
+        inputs.append(entry)
+    head: dict[str, object] = {"inputs": inputs}
+    if binary:
+        head["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in outputs]
+    header = json.dumps(head, separators=(",", ":")).encode()
+    if not binary:
+        return header, (("Content-Type", "application/json"),)
+    return header + b"".join(chunks), (
+        ("Content-Type", "application/octet-stream"),
+        (HEADER_LENGTH, str(len(header))),
+    )
+
+
+def rest_outputs(raw: bytes) -> dict[str, np.ndarray]:
+    """The named output arrays of a raw REST inference response (JSON or binary tensors).
+
+    LoadError unless it is a well-formed 200 answer.
+    """
+    status, headers, body = http_response(raw)
+    if status != 200:
+        raise LoadError(f"HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
+    length = headers.get(HEADER_LENGTH.lower())
+    if length is not None and not (length.isdigit() and int(length) <= len(body)):
+        raise LoadError(f"{HEADER_LENGTH} {length!r} is not a byte count of at most {len(body)}")
+    split = len(body) if length is None else int(length)
+    try:
+        head: Any = json.loads(body[:split])
+        outputs = head["outputs"]
+        if not isinstance(outputs, list):
+            raise TypeError("outputs is not a list")
+    except (ValueError, KeyError, TypeError) as err:
+        raise LoadError(f"response is not an inference response ({err}): {body[:200]!r}") from err
+    binary = memoryview(body)[split:]
+    offset = 0
+    found: dict[str, np.ndarray] = {}
+    for output in outputs:
+        try:
+            name, datatype, shape = output["name"], output["datatype"], output["shape"]
+            size = (output.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                    raise ValueError(
+                        f"binary_data_size {size!r} does not fit the {len(binary)} bytes after the header"
+                    )
+                data = bytes(binary[offset : offset + size])
+                offset += size
+            else:
+                data = router_tensors.json_to_raw(name, datatype, shape, output["data"])
+            router_tensors.check_raw_size(name, datatype, shape, data)
+            found[name] = router_tensors.to_numpy(datatype, shape, data)
+        except Exception as err:  # noqa: BLE001 - a malformed output means a broken target
+            raise LoadError(f"output {str(output)[:100]}: {err}") from err
+    if offset != len(binary):
+        raise LoadError(f"{len(binary) - offset} bytes of binary data after the header belong to no output")
+    return found
+
+
+def rest_workload(
+    name: str,
+    model: str,
+    tensors: dict[str, np.ndarray],
+    expected: dict[str, np.ndarray],
+    binary: bool,
+    description: str,
+) -> Workload:
+    """A REST inference: POST /v2/models/{model}/infer, the answer checked against `expected`."""
+    body, headers = rest_request(tensors, list(expected), binary)
+    return Workload(
+        name, model, f"/v2/models/{model}/infer", body, expect_outputs(expected, rest_outputs),
+        description, "http", headers,
+    )  # fmt: skip
 
 
 def simple(model: str = "simple") -> Workload:
@@ -132,14 +281,46 @@ def simple(model: str = "simple") -> Workload:
     )  # fmt: skip
 
 
+def _identity_tensor(size: int) -> np.ndarray:
+    """The FP32 tensor of `size` bytes the identity workloads send (the same for gRPC and REST)."""
+    return np.random.default_rng(size).standard_normal(size // 4).astype("<f4")
+
+
 def identity(size: int, model: str = "identity_fp32") -> Workload:
     """`identity_fp32` with one FP32 tensor of `size` bytes, echoed back."""
-    tensor = np.random.default_rng(size).standard_normal(size // 4).astype("<f4")
+    tensor = _identity_tensor(size)
     return Workload(
         f"identity:{size_label(size)}", model, OIP_INFER,
         oip_request(model, {"INPUT": tensor}),
         expect_outputs({"OUTPUT": tensor}),
         f"identity_fp32: FP32 [{size // 4}] ({size_label(size)}) in and out",
+    )  # fmt: skip
+
+
+def rest_json_simple(model: str = "simple") -> Workload:
+    """`simple` over the REST binding, every tensor as JSON."""
+    a, b = SIMPLE_INPUT0, SIMPLE_INPUT1
+    return rest_workload(
+        "rest_json_simple", model, {"INPUT0": a, "INPUT1": b}, {"OUTPUT0": a + b, "OUTPUT1": a - b}, False,
+        "simple over REST: INT32 [1,16] x2 in, x2 out, as JSON",
+    )  # fmt: skip
+
+
+def rest_bin_simple(model: str = "simple") -> Workload:
+    """`simple` over the REST binding, every tensor as binary data."""
+    a, b = SIMPLE_INPUT0, SIMPLE_INPUT1
+    return rest_workload(
+        "rest_bin_simple", model, {"INPUT0": a, "INPUT1": b}, {"OUTPUT0": a + b, "OUTPUT1": a - b}, True,
+        "simple over REST: INT32 [1,16] x2 in, x2 out, as binary tensor data",
+    )  # fmt: skip
+
+
+def rest_bin_identity(size: int, model: str = "identity_fp32") -> Workload:
+    """`identity_fp32` over the REST binding: one FP32 tensor of `size` bytes as binary data, echoed."""
+    tensor = _identity_tensor(size)
+    return rest_workload(
+        f"rest_bin_identity:{size_label(size)}", model, {"INPUT": tensor}, {"OUTPUT": tensor}, True,
+        f"identity_fp32 over REST: FP32 [{size // 4}] ({size_label(size)}) as binary data in and out",
     )  # fmt: skip
 
 
@@ -265,6 +446,8 @@ def build(name: str, model: str | None = None) -> Workload:
     kwargs = {} if model is None else {"model": model}
     if name.startswith("identity:"):
         return identity(parse_size(name.split(":", 1)[1]), **kwargs)
+    if name.startswith("rest_bin_identity:"):
+        return rest_bin_identity(parse_size(name.split(":", 1)[1]), **kwargs)
     builders: dict[str, Callable[..., Workload]] = {
         "simple": simple,
         "fixed_cost": fixed_cost,
@@ -272,7 +455,11 @@ def build(name: str, model: str | None = None) -> Workload:
         "wine_csv": wine_csv,
         "wine_tensor": wine_tensor,
         "ts_wine": ts_wine,
+        "rest_json_simple": rest_json_simple,
+        "rest_bin_simple": rest_bin_simple,
     }
     if name not in builders:
-        raise ValueError(f"unknown workload {name!r} (known: {', '.join(builders)}, identity:SIZE)")
+        raise ValueError(
+            f"unknown workload {name!r} (known: {', '.join(builders)}, identity:SIZE, rest_bin_identity:SIZE)"
+        )
     return builders[name](**kwargs)

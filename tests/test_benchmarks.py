@@ -323,3 +323,402 @@ def test_suite_end_to_end_writes_its_reports(triton: Any, tmp_path: Path) -> Non
     assert "| batching | router+batching | fixed_cost | c=64 |" in markdown and "Command:" in markdown
     assert json_path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert done.stdout.startswith("Benchmark suite `quick`")
+
+
+# --------------------------------------------------------------------------- REST (HTTP/1.1) workloads
+
+
+def _http(
+    body: bytes, status: int = 200, headers: tuple[tuple[str, str], ...] = (), chunked: bool = False
+) -> bytes:
+    """A raw HTTP/1.1 response, as the HTTP load generator hands it to verify."""
+    head = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers]
+    if chunked:
+        head.append("Transfer-Encoding: chunked")
+        half = len(body) // 2
+        body = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in (body[:half], body[half:]) if p)
+        body += b"0\r\n\r\n"
+    else:
+        head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _rest_answer(binary: bool, extra: bytes = b"", **outputs: np.ndarray) -> bytes:
+    """A REST inference response holding `outputs` as JSON or as binary tensor data (then `extra`)."""
+    entries, chunks = [], []
+    for name, array in outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": "INT32", "shape": list(array.shape)}
+        if binary:
+            entry["parameters"] = {"binary_data_size": array.nbytes}
+            chunks.append(array.tobytes())
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    head = json.dumps({"model_name": "simple", "model_version": "1", "outputs": entries}).encode()
+    if not binary:
+        return _http(head, headers=(("Content-Type", "application/json"),))
+    return _http(
+        head + b"".join(chunks) + extra, headers=(("Inference-Header-Content-Length", str(len(head))),)
+    )
+
+
+def test_rest_requests_are_what_tritonclient_http_sends() -> None:
+    """The REST workloads' bodies carry the same tensors as tritonclient.http's requests."""
+    import tritonclient.http as triton_http
+
+    a, b = workloads.SIMPLE_INPUT0, workloads.SIMPLE_INPUT1
+    for binary in (True, False):
+        inputs = [triton_http.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(a, binary_data=binary)
+        inputs[1].set_data_from_numpy(b, binary_data=binary)
+        outputs = [triton_http.InferRequestedOutput(n, binary_data=True) for n in ("OUTPUT0", "OUTPUT1")]
+        theirs, their_len = triton_http.InferenceServerClient.generate_request_body(
+            inputs, outputs=outputs if binary else None
+        )
+        w = workloads.build("rest_bin_simple" if binary else "rest_json_simple")
+        assert w.transport == "http" and w.method == "/v2/models/simple/infer"
+        headers = dict(w.headers)
+        our_len = int(headers["Inference-Header-Content-Length"]) if binary else len(w.request)
+        their_split = their_len or len(theirs)
+        ours_head, theirs_head = json.loads(w.request[:our_len]), json.loads(theirs[:their_split])
+        assert ours_head["inputs"] == theirs_head["inputs"]
+        assert w.request[our_len:] == theirs[their_split:]  # the raw tensors, in order
+        if binary:
+            assert ours_head["outputs"] == theirs_head["outputs"]
+            assert headers["Content-Type"] == "application/octet-stream"
+        else:
+            assert "outputs" not in ours_head and headers["Content-Type"] == "application/json"
+    big = workloads.build("rest_bin_identity:64KiB", model="echo")
+    assert big.method == "/v2/models/echo/infer" and big.name == "rest_bin_identity:64KiB"
+    n = int(dict(big.headers)["Inference-Header-Content-Length"])
+    assert len(big.request) == n + 65536
+    grpc_twin = service_pb2.ModelInferRequest.FromString(workloads.build("identity:64KiB").request)
+    assert big.request[n:] == grpc_twin.raw_input_contents[0]  # the same tensor as over gRPC
+    assert workloads.transport_of("rest_bin_identity:1MiB") == "http"
+    assert workloads.transport_of("simple") == "grpc"
+    assert Spec("http", "router", "router", "rest_json_simple").transport == "http"
+
+
+def test_request_bytes_are_one_well_framed_post() -> None:
+    from benchmarks.httpload import request_bytes
+
+    raw = request_bytes(
+        "127.0.0.1:9", "/v2/models/m/infer", b"{}xyz", (("Inference-Header-Content-Length", "2"),)
+    )
+    seen: dict[str, Any] = {"body": b"", "headers": {}}
+
+    class Collect:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            seen["headers"][name.decode().lower()] = value.decode()
+
+        def on_body(self, body: bytes) -> None:
+            seen["body"] += body
+
+        def on_message_complete(self) -> None:
+            seen["done"] = True
+
+    import httptools
+
+    parser = httptools.HttpRequestParser(Collect())
+    parser.feed_data(raw)
+    assert seen.get("done") and parser.get_method() == b"POST" and seen["body"] == b"{}xyz"
+    assert seen["headers"] == {
+        "host": "127.0.0.1:9",
+        "content-length": "5",
+        "inference-header-content-length": "2",
+    }
+
+
+@pytest.mark.parametrize("name", ["rest_json_simple", "rest_bin_simple"])
+def test_rest_workloads_accept_only_the_right_answer(name: str) -> None:
+    w = workloads.build(name)
+    a, b = workloads.SIMPLE_INPUT0, workloads.SIMPLE_INPUT1
+    for binary in (False, True):  # either answer form is read, whatever was asked
+        w.verify(_rest_answer(binary, OUTPUT0=a + b, OUTPUT1=a - b))
+        with pytest.raises(LoadError, match="OUTPUT1 is wrong"):
+            w.verify(_rest_answer(binary, OUTPUT0=a + b, OUTPUT1=a + b))
+        with pytest.raises(LoadError, match="lacks OUTPUT1"):
+            w.verify(_rest_answer(binary, OUTPUT0=a + b))
+    right = _rest_answer(False, OUTPUT0=a + b, OUTPUT1=a - b)
+    body = right.split(b"\r\n\r\n", 1)[1]
+    w.verify(_http(body, chunked=True))  # framing is the parser's business
+    with pytest.raises(LoadError, match="HTTP 400: .*bad input"):
+        w.verify(_http(b'{"error":"bad input"}', 400))
+    with pytest.raises(LoadError, match="not HTTP"):
+        w.verify(b"\xff\xff\xff\r\n\r\n")
+    with pytest.raises(LoadError, match="incomplete"):
+        w.verify(right[:-5])
+    with pytest.raises(LoadError, match="not an inference response"):
+        w.verify(_http(b"[1, 2]"))
+    with pytest.raises(LoadError, match="4 bytes of binary data after the header belong to no output"):
+        w.verify(_rest_answer(True, b"more", OUTPUT0=a + b, OUTPUT1=a - b))
+
+
+# --------------------------------------------------------------------------- the http group's goals
+
+
+def test_rest_goals_are_ratios_of_the_router_s_cells_at_c16() -> None:
+    cells = [
+        cell("http", "router", 1, 900, 1.1, 2.0, router=0.5),
+        cell("http", "router", 1, 500, 2.0, 3.0, "rest_bin_simple", router=0.5),  # c=1: not a goal
+        cell("http", "router", 16, 2000, 8.0, 10.0, router=0.8, client=0.4),
+        cell("http", "router", 16, 1700, 9.0, 11.0, "rest_bin_simple", router=0.95, client=0.1),
+        cell("http", "router", 16, 900, 17.0, 20.0, "rest_json_simple", router=0.9, client=0.05),
+        cell("http", "direct", 16, 9000, 1.0, 2.0, "rest_bin_simple", target="triton", triton=1.5),
+    ]
+    cells[2].machine_busy = 0.95
+    goals = {g.what: g for g in report.evaluate(cells, batch_delay_ms=2, service_ms=10)}
+    assert set(goals) == {
+        "throughput router REST binary / gRPC, c=16",
+        "throughput router REST JSON / gRPC, c=16",
+    }
+    binary = goals["throughput router REST binary / gRPC, c=16"]
+    assert binary.group == "http" and binary.value == pytest.approx(0.85) and binary.ok is True
+    assert binary.target == "≥ 0.8"
+    # router CPU per call 0.95/1700 vs 0.8/2000 cores; the load generator's likewise
+    assert (
+        "1700 vs 2000 req/s; router CPU 559 vs 400 µs/call, load generator 59 vs 200 µs/call" in binary.detail
+    )
+    assert "limit: router (0.95 cores) vs machine (95% busy)" in binary.detail
+    text = report.markdown(cells, list(goals.values()), {
+        "suite": "t", "timestamp": "now", "duration_s": 1, "warmup_s": 0, "rounds": 1, "cpus": 2, "cpu": "x",
+    })  # fmt: skip
+    assert "| throughput router REST binary / gRPC, c=16 | 0.850 | ≥ 0.8 | ok |" in text
+    json_goal = goals["throughput router REST JSON / gRPC, c=16"]
+    assert json_goal.value == pytest.approx(0.45) and json_goal.ok is False and json_goal.target == "≥ 0.5"
+    assert "| throughput router REST JSON / gRPC, c=16 | 0.450 | ≥ 0.5 | MISS |" in text
+    assert "| http | router | rest_bin_simple | c=16 | 1700 |" in text
+
+    failed = cell("http", "router", 16, 0, 0, 0, "rest_json_simple")
+    failed.error = "errors: {'HTTP_503': 4}"
+    undecided = report.evaluate([cells[2], failed], batch_delay_ms=2, service_ms=10)
+    assert [(g.value, g.ok, g.detail) for g in undecided] == [(None, None, "a cell is missing or failed")] * 2
+    assert report.evaluate(cells[5:], batch_delay_ms=2, service_ms=10) == []  # no router gRPC cell: no goal
+
+
+def test_limit_names_a_saturated_process_or_the_machine() -> None:
+    c = cell("http", "router", 16, 1000, 1.0, 2.0, router=0.5, client=0.97)
+    assert report.limit(c) == "load generator (0.97 cores)"
+    c = cell("http", "router", 16, 1000, 1.0, 2.0, router=0.5, client=0.2)
+    assert report.limit(c) == "no CPU limit seen"
+    c.machine_busy = 0.93
+    assert report.limit(c) == "machine (93% busy)"
+
+
+def test_http_group_interleaves_transports_and_picks_each_port() -> None:
+    from benchmarks.servers import Target
+
+    specs = [s for s in suite.specs_for(["http"], [], []) if s.group == "http"]
+    small = [(s.scenario, s.workload, s.load) for s in specs if s.concurrency == 16]
+    assert small == [
+        ("direct", "simple", "c=16"),
+        ("direct", "rest_bin_simple", "c=16"),
+        ("direct", "rest_json_simple", "c=16"),
+        ("router", "simple", "c=16"),
+        ("router", "rest_bin_simple", "c=16"),
+        ("router", "rest_json_simple", "c=16"),
+    ]
+    assert {s.load for s in specs} == {"c=1", "c=16", "c=4"}
+    assert [s.workload for s in specs if s.scenario == "router" and s.concurrency == 4] == [
+        "identity:64KiB", "rest_bin_identity:64KiB", "identity:1MiB", "rest_bin_identity:1MiB",
+    ]  # fmt: skip
+    both = Target("router", "127.0.0.1:1", 5, http_address="127.0.0.1:2")
+    grpc_spec, rest_spec = specs[3], specs[4]
+    assert suite.address_for(both, grpc_spec)[0] == "127.0.0.1:1"
+    assert suite.address_for(both, rest_spec)[0] == "127.0.0.1:2"
+    address, why = suite.address_for(Target("triton", "127.0.0.1:1"), rest_spec)
+    assert address is None and "--triton-http" in why
+    assert suite.address_for(Target("router", error="boom"), grpc_spec) == (None, "boom")
+
+
+# --------------------------------------------------------------------------- the HTTP load generator
+
+
+class FakeHttpServer:
+    """A fake HTTP server for fault injection only (never a stand-in for Triton's REST port).
+
+    Answers `simple` requests right, but per `mode` closes every connection after its answer
+    ("close"), answers every second request 503 ("flaky"), or stops answering after the first
+    request ("silent").
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.requests = 0
+        self.connections = 0
+        a, b = workloads.SIMPLE_INPUT0, workloads.SIMPLE_INPUT1
+        self.answer = _rest_answer(False, OUTPUT0=a + b, OUTPUT1=a - b)
+
+    async def __aenter__(self) -> str:
+        import asyncio
+
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+        import re
+
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head).group(1)))
+                self.requests += 1
+                if self.mode == "silent" and self.requests > 1:
+                    continue
+                if self.mode == "flaky" and self.requests % 2 == 0:
+                    writer.write(_http(b'{"error":"try later"}', 503))
+                elif self.mode == "close":
+                    writer.write(self.answer.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+                    await writer.drain()
+                    writer.close()
+                    return
+                else:
+                    writer.write(self.answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def _fake_load(mode: str, **kwargs: Any) -> tuple[loadgen.LoadResult, FakeHttpServer]:
+    fake = FakeHttpServer(mode)
+
+    async def go() -> loadgen.LoadResult:
+        async with fake as address:
+            return await loadgen.run_load(address, workloads.build("rest_json_simple"), **kwargs)
+
+    return _run(go()), fake
+
+
+def test_http_client_reconnects_when_the_server_closes_each_connection() -> None:
+    result, fake = _fake_load("close", concurrency=2, duration_s=0.3, warmup_s=0)
+    assert result.error_total == 0 and result.requests > 4
+    assert fake.connections == fake.requests  # a new connection per call, none counted as failed
+
+
+def test_http_client_counts_error_statuses_and_keeps_going() -> None:
+    result, fake = _fake_load("flaky", concurrency=2, duration_s=0.3, warmup_s=0)
+    assert set(result.errors) == {"HTTP_503"} and result.errors["HTTP_503"] >= 2
+    # a 503 keeps its keep-alive connection: one per worker, and the pre-flight call's
+    assert result.requests >= 2 and fake.connections == 3
+
+
+def test_http_client_times_out_a_silent_server() -> None:
+    result, fake = _fake_load("silent", concurrency=2, duration_s=0.5, warmup_s=0, timeout_s=0.2)
+    assert result.requests == 0 and result.errors.get("DEADLINE_EXCEEDED", 0) >= 2
+    assert fake.connections >= 3  # an expired call's connection is not reused
+
+
+def test_http_unreachable_target_is_a_clear_error() -> None:
+    from tests.conftest import free_port
+
+    with pytest.raises(LoadError, match="not reachable within 0.3s"):
+        _run(loadgen.run_load(f"127.0.0.1:{free_port()}", workloads.build("rest_bin_simple"), timeout_s=0.3))
+
+
+# --------------------------------------------------------------------------- REST against the real Triton
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_http_client_gets_what_tritonclient_http_gets(triton: Any, binary: bool) -> None:
+    """The same `simple` call through the HTTP load generator and through tritonclient.http."""
+    import tritonclient.http as triton_http
+
+    from benchmarks.httpload import HttpCaller
+
+    w = workloads.build("rest_bin_simple" if binary else "rest_json_simple")
+
+    async def ours() -> bytes:
+        caller = HttpCaller(triton.http_address, w, timeout_s=10)
+        try:
+            first = await caller.preflight()
+            again = await caller.lane()()  # a second connection, and a keep-alive call on the first
+            assert workloads.http_response(again)[2] == workloads.http_response(await caller.shared())[2]
+            return first
+        finally:
+            await caller.aclose()
+
+    raw = _run(ours())
+    status, headers, _ = workloads.http_response(raw)
+    assert status == 200 and ("inference-header-content-length" in headers) == binary
+    mine = workloads.rest_outputs(raw)
+    client = triton_http.InferenceServerClient(triton.http_address)
+    try:
+        inputs = [triton_http.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(workloads.SIMPLE_INPUT0, binary_data=binary)
+        inputs[1].set_data_from_numpy(workloads.SIMPLE_INPUT1, binary_data=binary)
+        outputs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("OUTPUT0", "OUTPUT1")]
+        theirs = client.infer("simple", inputs, outputs=outputs)
+    finally:
+        client.close()
+    assert set(mine) == {"OUTPUT0", "OUTPUT1"}
+    for name in mine:
+        assert mine[name].dtype == theirs.as_numpy(name).dtype
+        assert np.array_equal(mine[name], theirs.as_numpy(name))
+    w.verify(raw)
+
+
+@pytest.mark.integration
+def test_http_loops_count_their_window(triton: Any) -> None:
+    closed = _run(
+        loadgen.run_load(
+            triton.http_address,
+            workloads.build("rest_bin_identity:64KiB"),
+            concurrency=2,
+            duration_s=0.5,
+            warmup_s=0.1,
+        )
+    )
+    assert closed.mode == "closed" and closed.error_total == 0 and closed.requests > 0
+    assert closed.workload == "rest_bin_identity:64KiB" and closed.concurrency == 2
+    opened = _run(
+        loadgen.run_load(
+            triton.http_address,
+            workloads.build("rest_json_simple"),
+            rate=150,
+            duration_s=2.0,
+            warmup_s=0.5,
+            seed=7,
+        )
+    )
+    assert opened.mode == "open" and opened.offered_rps == 150 and opened.error_total == 0
+    assert 150 * 2.0 * 0.7 <= opened.requests <= 150 * 2.0 * 1.3  # Poisson: about rate x window
+    assert opened.latency_ms["p50"] > 0 and opened.concurrency >= 1
+
+
+@pytest.mark.integration
+def test_a_wrong_rest_answer_stops_the_run(triton: Any) -> None:
+    right = workloads.build("rest_bin_simple")
+    wrong = workloads.rest_workload(
+        "rest_bin_simple",
+        "simple",
+        {"INPUT0": workloads.SIMPLE_INPUT0, "INPUT1": workloads.SIMPLE_INPUT1},
+        {"OUTPUT0": workloads.SIMPLE_INPUT0, "OUTPUT1": workloads.SIMPLE_INPUT1},
+        True,
+        "wrong",
+    )
+    assert wrong.request == right.request
+    with pytest.raises(LoadError, match="OUTPUT0 is wrong"):
+        _run(loadgen.run_load(triton.http_address, wrong, duration_s=0.2, warmup_s=0))
+    with pytest.raises(LoadError, match="pre-flight call failed: HTTP_4"):
+        _run(
+            loadgen.run_load(
+                triton.http_address, workloads.build("rest_bin_simple", model="nope"), duration_s=0.2
+            )
+        )
+
+
+@pytest.mark.integration
+def test_router_rest_edge_serves_the_rest_workloads(router: Any) -> None:
+    """The router's HTTP edge (the fixture's, on the router's own loop) answers both REST forms right."""
+    for name in ("rest_json_simple", "rest_bin_simple"):
+        result = _run(
+            loadgen.run_load(
+                router.http_address, workloads.build(name), concurrency=2, duration_s=0.3, warmup_s=0
+            )
+        )
+        assert result.error_total == 0 and result.requests > 0, name
