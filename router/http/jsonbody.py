@@ -9,6 +9,10 @@ import numpy as np
 
 from router.errors import InvalidInput
 
+# JSON of this many bytes or more is converted in a worker thread, so that megabytes of JSON
+# numbers or base64 do not stall the event loop, and every other call, while they are parsed.
+OFFLOAD_BYTES = 1 << 20
+
 
 def check_depth(data: bytes, limit: int) -> None:
     """InvalidInput when JSON text nests objects and arrays deeper than limit.

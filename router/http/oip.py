@@ -9,6 +9,7 @@ binding's ModelInferRequest, with every tensor as raw bytes, and served by the s
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tritonclient.grpc import service_pb2
@@ -294,13 +295,24 @@ def routes(dp: Dataplane, settings: HttpSettings) -> list[Route]:
                 "multipart bodies are not supported; send JSON, or a JSON header "
                 "followed by binary tensors (Inference-Header-Content-Length)"
             )
-        grpc_request, wanted, binary_default = decode_infer(
-            *_name(request),
-            request.body,
-            request.headers.get(HEADER_LENGTH),
-            settings.max_json_depth,
-        )
+        header_length = request.headers.get(HEADER_LENGTH)
+        args = (*_name(request), request.body, header_length, settings.max_json_depth)
+        if header_length is None:
+            json_bytes = len(request.body)
+        else:  # decode_infer refuses a malformed length
+            json_bytes = int(header_length) if header_length.isdigit() else 0
+        if json_bytes >= jsonbody.OFFLOAD_BYTES:  # megabytes of JSON numbers: off the loop
+            grpc_request, wanted, binary_default = await asyncio.to_thread(decode_infer, *args)
+        else:
+            grpc_request, wanted, binary_default = decode_infer(*args)
         response = await dp.model_infer(grpc_request, request.timeout)
+        as_json = sum(
+            len(raw)
+            for out, raw in zip(response.outputs, response.raw_output_contents, strict=False)
+            if not wanted.get(out.name, binary_default)
+        )
+        if as_json >= jsonbody.OFFLOAD_BYTES // 8:  # each number is several bytes of JSON
+            return await asyncio.to_thread(encode_infer, response, wanted, binary_default)
         return encode_infer(response, wanted, binary_default)
 
     table = [

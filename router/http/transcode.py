@@ -805,7 +805,7 @@ class HttpServicerContext:
 
 
 # Requests and responses this large are translated in a worker thread, off the event loop.
-OFFLOAD_BYTES = 1 << 20
+OFFLOAD_BYTES = jsonbody.OFFLOAD_BYTES
 
 Plain = Callable[[Any, Message, HttpServicerContext], Awaitable[Any]]
 
