@@ -664,7 +664,11 @@ async def test_a_new_annotated_rpc_is_served_without_route_code(monkeypatch: pyt
         big = bytes(range(256)) * (transcode.OFFLOAD_BYTES // 256 + 1)
         status, _, answer = await call("PATCH", "/t/labels/big", {"blobs": {"1": b64(big)}})
         assert status == 200 and base64.b64decode(answer["echoed"]["blobs"]["1"]) == big
-        assert [name for name in offloaded if name != "fetch"] == ["request", "response"]
+        # (asyncio.to_thread is patched process-wide: other routers' registry polls show up too)
+        assert [name for name in offloaded if name in ("request", "response")] == [
+            "request",
+            "response",
+        ]
         for method, path, body, want, text in [
             ("GET", "/t/shelves/s/items/x", None, 400, "path variable item_id: expected an integer (int64)"),
             (
