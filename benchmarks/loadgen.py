@@ -67,6 +67,9 @@ class LoadResult:
     latency_ms: dict[str, float]
     errors: dict[str, int] = field(default_factory=dict)
     client_cpu_cores: float = 0.0
+    # per error code: how long failed calls took to fail (p50, p99, ...), e.g. how fast an
+    # overloaded server refuses
+    error_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def error_total(self) -> int:
@@ -212,6 +215,7 @@ async def run_load(
 
         latencies: list[int] = []
         errors: Counter[str] = Counter()
+        error_latencies: dict[str, list[int]] = {}
         checked: list[bytes] = []
         perf = time.perf_counter_ns
         start_ns = perf() + int(warmup_s * 1e9)
@@ -229,8 +233,11 @@ async def run_load(
                 try:
                     response = await send()
                 except failure as err:
-                    if start_ns <= perf() < end_ns:
-                        errors[code(err)] += 1
+                    t1 = perf()
+                    if start_ns <= t1 < end_ns:
+                        name = code(err)
+                        errors[name] += 1
+                        error_latencies.setdefault(name, []).append(t1 - t0)
                     continue
                 t1 = perf()
                 if start_ns <= t1 < end_ns:
@@ -245,7 +252,9 @@ async def run_load(
                 response = await shared()
             except failure as err:
                 if start_ns <= due < end_ns:
-                    errors[code(err)] += 1
+                    name = code(err)
+                    errors[name] += 1
+                    error_latencies.setdefault(name, []).append(perf() - due)
                 return
             if start_ns <= due < end_ns:
                 latencies.append(perf() - due)
@@ -319,6 +328,7 @@ async def run_load(
         latency_ms=_summarize(latencies),
         errors=dict(errors),
         client_cpu_cores=round(cpu_s / wall_s, 3) if wall_s > 0 else 0.0,
+        error_latency_ms={name: _summarize(lat) for name, lat in error_latencies.items()},
     )
 
 

@@ -32,10 +32,18 @@ class Spec:
     model: str | None = None  # the name the target serves the workload under
     concurrency: int = 1  # closed loop workers (ignored with rate)
     rate: float | None = None  # open loop arrivals per second
+    # open loop at rate_factor x the throughput of this scenario of the group in the same round
+    # (its cell runs first); the suite sets `rate` from it
+    rate_of: str | None = None
+    rate_factor: float = 1.0
+    # the load generator's per-call deadline, seconds (None: its default)
+    timeout_s: float | None = None
 
     @property
     def load(self) -> str:
-        """'c=16' or 'rate=500/s'."""
+        """'c=16', 'rate=500/s' or 'rate=2x capacity'."""
+        if self.rate_of is not None:
+            return f"rate={self.rate_factor:g}x {self.rate_of}"
         return f"c={self.concurrency}" if self.rate is None else f"rate={self.rate:g}/s"
 
     @property
@@ -120,6 +128,8 @@ def run_cell(
     if spec.model:
         cmd += ["--model", spec.model]
     cmd += ["-c", str(spec.concurrency)] if spec.rate is None else ["--rate", str(spec.rate)]
+    if spec.timeout_s is not None:
+        cmd += ["--timeout", str(spec.timeout_s)]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     watchdog = threading.Timer(duration + warmup + 90.0, proc.kill)
     watchdog.start()
@@ -196,6 +206,15 @@ def combine_rounds(cells: list[Cell]) -> list[Cell]:
             "error_total": sum(errors.values()),
             "rounds": len(ok),
         }
+        # per error code, the worst round's statistics (a median would hide a bad round)
+        error_latency: dict[str, dict[str, float]] = {}
+        for c in ok:
+            for code, stats in c.result.get("error_latency_ms", {}).items():
+                seen = error_latency.setdefault(code, {})
+                for k, v in stats.items():
+                    seen[k] = max(seen.get(k, v), v)
+        if error_latency:
+            result["error_latency_ms"] = error_latency
         cpu_keys = set.intersection(*(set(c.cpu_cores) for c in ok))
         busy = [c.machine_busy for c in ok if c.machine_busy is not None]
         failed = [c.error for c in group if c.error]

@@ -25,6 +25,8 @@ REST_GOALS = (
     ("rest_bin_simple", "REST binary", REST_BINARY_GOAL),
     ("rest_json_simple", "REST JSON", REST_JSON_GOAL),
 )
+GOODPUT_GOAL = 0.9  # answered calls per second at 2x capacity / capacity
+REFUSAL_P99_GOAL_MS = 5.0  # p99 time to refuse a call under overload
 SATURATED = 0.9  # cores: a single-threaded process (router, load generator) this busy is the limit
 
 
@@ -157,6 +159,46 @@ def evaluate(cells: Sequence[Cell], *, batch_delay_ms: float, service_ms: float)
             )
         )
     goals += _rest_goals(cells)
+    goals += _overload_goals(cells)
+    return goals
+
+
+def _overload_goals(cells: Sequence[Cell]) -> list[Goal]:
+    """Goodput and refusal time at twice the measured capacity (the overload group)."""
+    by_scenario = {c.spec.scenario: c for c in cells if c.spec.group == "overload" and c.result}
+    capacity = by_scenario.get("capacity")
+    over = by_scenario.get("2x, admission limits")
+    if capacity is None and over is None:
+        return []
+    ratio = None
+    detail = "a cell is missing or failed"
+    if capacity is not None and over is not None and capacity.throughput:
+        ratio = (over.throughput or 0) / capacity.throughput
+        errors = over.result.get("errors", {})
+        detail = (
+            f"{_fmt(over.throughput, '.0f')} answered of {_fmt(over.spec.rate, '.0f')} offered req/s, "
+            f"capacity {_fmt(capacity.throughput, '.0f')}; answered p99 {_fmt(over.p('p99'))} ms; "
+            f"refused {', '.join(f'{k} {v}' for k, v in sorted(errors.items())) or 'none'}"
+        )
+        plain = by_scenario.get("2x, defaults")
+        if plain is not None:
+            detail += f"; with default limits {_fmt(plain.throughput, '.0f')} answered req/s"
+    goals = [
+        Goal("overload", "goodput at 2x capacity / capacity", ratio, f"≥ {GOODPUT_GOAL}",
+             None if ratio is None else ratio >= GOODPUT_GOAL, detail)
+    ]  # fmt: skip
+    refused = (over.result.get("error_latency_ms", {}) if over else {}).get("RESOURCE_EXHAUSTED", {})
+    p99 = refused.get("p99")
+    goals.append(
+        Goal(
+            "overload",
+            "refused calls at 2x capacity, p99 (ms)",
+            p99,
+            f"≤ {REFUSAL_P99_GOAL_MS:g}",
+            None if p99 is None else p99 <= REFUSAL_P99_GOAL_MS,
+            f"p50 {_fmt(refused.get('p50'))} ms" if refused else "no call was refused",
+        )
+    )
     return goals
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -66,7 +67,9 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 BENCH_MODELS = REPO_ROOT / "benchmarks" / "models.yaml"
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models.yaml"
 FIXED_COST_CONFIG = REPO_ROOT / "benchmarks" / "models" / "triton" / "fixed_cost" / "config.pbtxt"
-GROUPS = ("overhead", "payload", "batching", "openloop", "transforms", "torchserve", "http")
+GROUPS = ("overhead", "payload", "batching", "openloop", "transforms", "torchserve", "http", "overload")
+# the overload group's deadline per call: a call answered later than this is no use to its caller
+OVERLOAD_TIMEOUT_S = 1.0
 DEFAULT_SIZES = ("64", "64KiB", "1MiB", "4MiB")
 DEFAULT_RATES = (250.0, 500.0, 1000.0, 2000.0, 3000.0)
 BATCHING_CONCURRENCY = 64
@@ -121,6 +124,16 @@ def specs_for(groups: list[str], sizes: list[str], rates: list[float]) -> list[S
             for scenario, target in pairs:
                 for workload in (f"identity:{size}", f"rest_bin_identity:{size}"):
                     specs.append(Spec("http", scenario, target, workload, concurrency=HTTP_SIZE_CONCURRENCY))
+    if "overload" in groups:
+        # fixed_cost serves about 100 calls/s (10 ms each, one at a time): measure that, then
+        # offer twice as much, open loop, with a 1 s deadline per call
+        specs.append(Spec("overload", "capacity", "router", "fixed_cost", "fixed_cost_limited", 8))
+        overloads = (("2x, admission limits", "fixed_cost_limited"), ("2x, defaults", "fixed_cost"))
+        for scenario, model in overloads:
+            specs.append(
+                Spec("overload", scenario, "router", "fixed_cost", model, rate_of="capacity",
+                     rate_factor=2.0, timeout_s=OVERLOAD_TIMEOUT_S)
+            )  # fmt: skip
     return specs
 
 
@@ -132,6 +145,17 @@ def address_for(target: Target, spec: Spec) -> tuple[str | None, str]:
         hint = " (pass --triton-http HOST:PORT with --triton)" if target.name == "triton" else ""
         return target.http_address, f"{target.name}'s HTTP port is unknown{hint}"
     return target.address, "unavailable"
+
+
+def relative_rate(spec: Spec, this_round: list[Cell]) -> tuple[Spec, str]:
+    """The spec with its open-loop rate set from the capacity cell it refers to (rate None, and
+    why, when that cell failed)."""
+    base = next(
+        (c for c in this_round if c.spec.group == spec.group and c.spec.scenario == spec.rate_of), None
+    )
+    if base is None or not base.ok or not base.throughput:
+        return spec, f"its rate is {spec.rate_factor:g}x the {spec.rate_of} cell, which did not run"
+    return dataclasses.replace(spec, rate=round(spec.rate_factor * base.throughput, 1)), "unavailable"
 
 
 def batching_constants() -> tuple[float, float]:
@@ -284,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             for round_no in range(1, args.rounds + 1):
                 for spec in specs:
                     address, why = address_for(targets[spec.target], spec)
+                    if spec.rate_of is not None:
+                        spec, why = relative_rate(spec, [c for c in cells if c.round == round_no])
+                        address = address if spec.rate is not None else None
                     cell = run_cell(spec, address, args.duration, args.warmup, servers, unavailable=why)
                     cell.round = round_no
                     cells.append(cell)

@@ -103,6 +103,11 @@ class LimitSettings:
     # Table rows, and columns per row, in one request.
     max_table_rows: int = 10_000
     max_table_columns: int = 1_000
+    # Calls of one model version at its backend at once, and waiting for a slot; more are
+    # refused at once (a registration's `admission` overrides both; batched versions are bounded
+    # by their batching queue instead).
+    max_inflight_per_version: int = 64
+    max_queued_per_version: int = 1024
 
 
 @dataclass
@@ -275,6 +280,8 @@ def validate(settings: Settings) -> None:
         "limits.max_text_bytes": settings.limits.max_text_bytes,
         "limits.max_table_rows": settings.limits.max_table_rows,
         "limits.max_table_columns": settings.limits.max_table_columns,
+        "limits.max_inflight_per_version": settings.limits.max_inflight_per_version,
+        "limits.max_queued_per_version": settings.limits.max_queued_per_version,
     }
     for key, value in positive.items():
         if not value > 0:  # also rejects NaN

@@ -6,6 +6,7 @@ what it says (arrival rate, request counts, error accounting, reports), not how 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -722,3 +723,53 @@ def test_router_rest_edge_serves_the_rest_workloads(router: Any) -> None:
             )
         )
         assert result.error_total == 0 and result.requests > 0, name
+
+
+# --------------------------------------------------------------------------- overload group
+
+
+def test_overload_rate_is_twice_the_capacity_cell_of_the_same_round() -> None:
+    from benchmarks.suite import relative_rate, specs_for
+
+    specs = [s for s in specs_for(["overload"], [], []) if s.group == "overload"]
+    assert [s.scenario for s in specs] == ["capacity", "2x, admission limits", "2x, defaults"]
+    capacity = cell("overload", "capacity", 8, 96.0, 80.0, 90.0)
+    capacity.spec = specs[0]
+    spec, _ = relative_rate(specs[1], [capacity])
+    assert spec.rate == pytest.approx(192.0) and spec.timeout_s == 1.0
+    assert spec.load == specs[1].load == "rate=2x capacity"  # rounds combine by this key
+    failed = Cell(specs[0], error="unavailable")
+    spec, why = relative_rate(specs[1], [failed])
+    assert spec.rate is None and "capacity cell, which did not run" in why
+
+
+def test_overload_goals_read_goodput_and_refusal_time() -> None:
+    from benchmarks.suite import specs_for
+
+    specs = {s.scenario: s for s in specs_for(["overload"], [], [])}
+    capacity = Cell(
+        specs["capacity"],
+        result={"throughput_rps": 100.0, "latency_ms": {"p99": 30.0}, "errors": {}, "error_total": 0},
+    )
+    over = Cell(
+        dataclasses.replace(specs["2x, admission limits"], rate=200.0),
+        result={
+            "throughput_rps": 93.0,
+            "latency_ms": {"p50": 20.0, "p99": 40.0},
+            "errors": {"RESOURCE_EXHAUSTED": 400},
+            "error_total": 400,
+            "error_latency_ms": {"RESOURCE_EXHAUSTED": {"p50": 0.8, "p99": 3.2}},
+        },
+        error="errors: {'RESOURCE_EXHAUSTED': 400}",  # refusals are what the cell shows
+    )
+    goals = {g.what: g for g in report.evaluate([capacity, over], batch_delay_ms=2, service_ms=10)}
+    goodput = goals["goodput at 2x capacity / capacity"]
+    assert goodput.value == pytest.approx(0.93) and goodput.ok is True
+    assert "93 answered of 200 offered" in goodput.detail
+    refused = goals["refused calls at 2x capacity, p99 (ms)"]
+    assert refused.value == 3.2 and refused.ok is True
+    over.result["throughput_rps"] = 60.0
+    over.result["error_latency_ms"]["RESOURCE_EXHAUSTED"]["p99"] = 12.0
+    goals = {g.what: g for g in report.evaluate([capacity, over], batch_delay_ms=2, service_ms=10)}
+    assert goals["goodput at 2x capacity / capacity"].ok is False
+    assert goals["refused calls at 2x capacity, p99 (ms)"].ok is False
