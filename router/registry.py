@@ -84,6 +84,8 @@ class ModelVersion:
     postprocess: tuple[Classify, ...] = field(compare=False, repr=False, default=())
     # Router-side dynamic batching, when the registration asks for it.
     batching: BatchPolicy | None = field(compare=False, repr=False, default=None)
+    # Admission control: (max calls at the backend, max waiting); 0 takes the setting.
+    admission: tuple[int, int] = field(compare=False, repr=False, default=(0, 0))
 
     @functools.cached_property
     def request_rename(self) -> bytes:
@@ -134,6 +136,7 @@ class ModelVersion:
             transforms=transforms,
             postprocess=postprocess,
             batching=batching,
+            admission=(record.admission.max_inflight, record.admission.max_queued),
         )
 
 
@@ -254,6 +257,9 @@ def validate_record(record: registry_pb2.ModelVersion) -> None:
             raise InvalidInput(f"{where}: backend endpoint {ep!r} is not {form}")
     if record.max_batch_size < 0:
         raise InvalidInput(f"{where}: max_batch_size must be >= 0")
+    for key in ("max_inflight", "max_queued"):
+        if getattr(record.admission, key) < 0:
+            raise InvalidInput(f"{where}: admission.{key} must be >= 0 (0 takes the setting)")
     for kind, specs in (("inputs", record.inputs), ("outputs", record.outputs)):
         seen = set()
         for spec in specs:

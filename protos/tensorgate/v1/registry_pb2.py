@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tensorgate.v1 import tensor_pb2 as tensorgate_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctensorgate/v1/registry.proto\x12\rtensorgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1atensorgate/v1/tensor.proto\"J\n\x07\x42\x61\x63kend\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"\x90\x03\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0b\x32\x16.tensorgate.v1.Backend\x12)\n\x06inputs\x18\x04 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\x12*\n\x07outputs\x18\x05 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\ntransforms\x18\t \x03(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0bpostprocess\x18\n \x03(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08\x62\x61tching\x18\x0b \x01(\x0b\x32\x17.tensorgate.v1.Batching\"\x8e\x01\n\x08\x42\x61tching\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x03\x12\x17\n\x0fpreferred_sizes\x18\x03 \x03(\x05\x12\x17\n\x0fmax_queue_depth\x18\x04 \x01(\x05\x12\x1c\n\x14max_inflight_batches\x18\x05 \x01(\x05\"B\n\x14RegisterModelRequest\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.tensorgate.v1.ModelVersion\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.tensorgate.v1.ModelVersion\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"3\n\x12RemoveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"C\n\x13RemoveModelResponse\x12,\n\x07removed\x18\x01 \x03(\x0b\x32\x1b.tensorgate.v1.ModelVersion2\xc1\x04\n\rModelRegistry\x12u\n\rRegisterModel\x12#.tensorgate.v1.RegisterModelRequest\x1a\x1b.tensorgate.v1.ModelVersion\"\"\x82\xd3\xe4\x93\x02\x1c\"\x13/v1/registry/models:\x05model\x12n\n\nListModels\x12 .tensorgate.v1.ListModelsRequest\x1a!.tensorgate.v1.ListModelsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/registry/models\x12\x9c\x01\n\x08GetModel\x12\x1e.tensorgate.v1.GetModelRequest\x1a\x1b.tensorgate.v1.ModelVersion\"S\x82\xd3\xe4\x93\x02M\x12-/v1/registry/models/{name}/versions/{version}Z\x1c\x12\x1a/v1/registry/models/{name}\x12\xa9\x01\n\x0bRemoveModel\x12!.tensorgate.v1.RemoveModelRequest\x1a\".tensorgate.v1.RemoveModelResponse\"S\x82\xd3\xe4\x93\x02M*-/v1/registry/models/{name}/versions/{version}Z\x1c*\x1a/v1/registry/models/{name}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctensorgate/v1/registry.proto\x12\rtensorgate.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1atensorgate/v1/tensor.proto\"J\n\x07\x42\x61\x63kend\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xbd\x03\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0b\x32\x16.tensorgate.v1.Backend\x12)\n\x06inputs\x18\x04 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\x12*\n\x07outputs\x18\x05 \x03(\x0b\x32\x19.tensorgate.v1.TensorSpec\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\ntransforms\x18\t \x03(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0bpostprocess\x18\n \x03(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08\x62\x61tching\x18\x0b \x01(\x0b\x32\x17.tensorgate.v1.Batching\x12+\n\tadmission\x18\x0c \x01(\x0b\x32\x18.tensorgate.v1.Admission\"5\n\tAdmission\x12\x14\n\x0cmax_inflight\x18\x01 \x01(\x05\x12\x12\n\nmax_queued\x18\x02 \x01(\x05\"\x8e\x01\n\x08\x42\x61tching\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x05\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x03\x12\x17\n\x0fpreferred_sizes\x18\x03 \x03(\x05\x12\x17\n\x0fmax_queue_depth\x18\x04 \x01(\x05\x12\x1c\n\x14max_inflight_batches\x18\x05 \x01(\x05\"B\n\x14RegisterModelRequest\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.tensorgate.v1.ModelVersion\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.tensorgate.v1.ModelVersion\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"3\n\x12RemoveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"C\n\x13RemoveModelResponse\x12,\n\x07removed\x18\x01 \x03(\x0b\x32\x1b.tensorgate.v1.ModelVersion2\xc1\x04\n\rModelRegistry\x12u\n\rRegisterModel\x12#.tensorgate.v1.RegisterModelRequest\x1a\x1b.tensorgate.v1.ModelVersion\"\"\x82\xd3\xe4\x93\x02\x1c\"\x13/v1/registry/models:\x05model\x12n\n\nListModels\x12 .tensorgate.v1.ListModelsRequest\x1a!.tensorgate.v1.ListModelsResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/registry/models\x12\x9c\x01\n\x08GetModel\x12\x1e.tensorgate.v1.GetModelRequest\x1a\x1b.tensorgate.v1.ModelVersion\"S\x82\xd3\xe4\x93\x02M\x12-/v1/registry/models/{name}/versions/{version}Z\x1c\x12\x1a/v1/registry/models/{name}\x12\xa9\x01\n\x0bRemoveModel\x12!.tensorgate.v1.RemoveModelRequest\x1a\".tensorgate.v1.RemoveModelResponse\"S\x82\xd3\xe4\x93\x02M*-/v1/registry/models/{name}/versions/{version}Z\x1c*\x1a/v1/registry/models/{name}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,21 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKEND']._serialized_start=168
   _globals['_BACKEND']._serialized_end=242
   _globals['_MODELVERSION']._serialized_start=245
-  _globals['_MODELVERSION']._serialized_end=645
-  _globals['_BATCHING']._serialized_start=648
-  _globals['_BATCHING']._serialized_end=790
-  _globals['_REGISTERMODELREQUEST']._serialized_start=792
-  _globals['_REGISTERMODELREQUEST']._serialized_end=858
-  _globals['_LISTMODELSREQUEST']._serialized_start=860
-  _globals['_LISTMODELSREQUEST']._serialized_end=893
-  _globals['_LISTMODELSRESPONSE']._serialized_start=895
-  _globals['_LISTMODELSRESPONSE']._serialized_end=960
-  _globals['_GETMODELREQUEST']._serialized_start=962
-  _globals['_GETMODELREQUEST']._serialized_end=1010
-  _globals['_REMOVEMODELREQUEST']._serialized_start=1012
-  _globals['_REMOVEMODELREQUEST']._serialized_end=1063
-  _globals['_REMOVEMODELRESPONSE']._serialized_start=1065
-  _globals['_REMOVEMODELRESPONSE']._serialized_end=1132
-  _globals['_MODELREGISTRY']._serialized_start=1135
-  _globals['_MODELREGISTRY']._serialized_end=1712
+  _globals['_MODELVERSION']._serialized_end=690
+  _globals['_ADMISSION']._serialized_start=692
+  _globals['_ADMISSION']._serialized_end=745
+  _globals['_BATCHING']._serialized_start=748
+  _globals['_BATCHING']._serialized_end=890
+  _globals['_REGISTERMODELREQUEST']._serialized_start=892
+  _globals['_REGISTERMODELREQUEST']._serialized_end=958
+  _globals['_LISTMODELSREQUEST']._serialized_start=960
+  _globals['_LISTMODELSREQUEST']._serialized_end=993
+  _globals['_LISTMODELSRESPONSE']._serialized_start=995
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1060
+  _globals['_GETMODELREQUEST']._serialized_start=1062
+  _globals['_GETMODELREQUEST']._serialized_end=1110
+  _globals['_REMOVEMODELREQUEST']._serialized_start=1112
+  _globals['_REMOVEMODELREQUEST']._serialized_end=1163
+  _globals['_REMOVEMODELRESPONSE']._serialized_start=1165
+  _globals['_REMOVEMODELRESPONSE']._serialized_end=1232
+  _globals['_MODELREGISTRY']._serialized_start=1235
+  _globals['_MODELREGISTRY']._serialized_end=1812
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ class Backend(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "version", "backend", "inputs", "outputs", "max_batch_size", "description", "created_at", "transforms", "postprocess", "batching")
+    __slots__ = ("name", "version", "backend", "inputs", "outputs", "max_batch_size", "description", "created_at", "transforms", "postprocess", "batching", "admission")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class ModelVersion(_message.Message):
     TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     POSTPROCESS_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     backend: Backend
@@ -48,7 +49,16 @@ class ModelVersion(_message.Message):
     transforms: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     postprocess: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     batching: Batching
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., postprocess: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ...) -> None: ...
+    admission: Admission
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., max_batch_size: _Optional[int] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., postprocess: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., admission: _Optional[_Union[Admission, _Mapping]] = ...) -> None: ...
+
+class Admission(_message.Message):
+    __slots__ = ("max_inflight", "max_queued")
+    MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    max_inflight: int
+    max_queued: int
+    def __init__(self, max_inflight: _Optional[int] = ..., max_queued: _Optional[int] = ...) -> None: ...
 
 class Batching(_message.Message):
     __slots__ = ("max_batch_size", "max_queue_delay_us", "preferred_sizes", "max_queue_depth", "max_inflight_batches")
