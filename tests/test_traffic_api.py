@@ -18,7 +18,7 @@ import pytest
 from tensorgate.v1 import inference_pb2, registry_pb2, registry_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from router import metrics
+from router import dataplane, metrics
 from router.registry import RegistryStore, parse_registration
 from tests.conftest import RouterThread, free_port, predict, router_settings
 
@@ -165,7 +165,7 @@ def test_sticky_keys_always_reach_the_same_version_over_grpc_and_http(rt: Router
         assert len(set(versions)) == 1, (key, versions)
         seen[key] = versions[0]
     assert set(seen.values()) == {"1", "2"}  # the keys are spread over both versions
-    # the same keys keep their versions through Predict and after a restart of the policy view
+    # the same keys keep their versions through Predict, also after the registry reloads
     rt.run(asyncio.to_thread(rt.app.registry.load))
     for key, version in list(seen.items())[:10]:
         request = inference_pb2.PredictRequest(model="canary")
@@ -227,6 +227,22 @@ def test_shadow_traffic_leaves_the_answer_untouched_and_counts_differences(rt: R
     # the candidate itself is plainly different where INPUT0[0] < 0 (the comparison is real)
     answer = served_versions(rt, "shadowed", 1, version="2")
     assert answer == ["2"]
+
+
+def test_shadow_calls_that_fail_or_exceed_the_in_flight_bound_are_counted(
+    rt: RouterThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the shadow version's only endpoint is down: the caller still gets the primary's answer
+    set_policy(rt, model="failover", default_version="2", shadow=("1", 1.0))
+    before = shadow_counts("failover", "1")
+    assert served_versions(rt, "failover", 3) == ["2", "2", "2"]
+    wait_for_counts("failover", "1", {**before, "error": before["error"] + 3})
+    # no room for another shadow call in flight: dropped, not queued
+    monkeypatch.setattr(dataplane, "SHADOW_MAX_INFLIGHT", 0)
+    assert served_versions(rt, "failover", 2) == ["2", "2"]
+    wait_for_counts(
+        "failover", "1", {**before, "error": before["error"] + 3, "dropped": before["dropped"] + 2}
+    )
 
 
 def test_fallback_version_answers_when_every_endpoint_of_the_primary_is_down(rt: RouterThread) -> None:
