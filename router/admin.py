@@ -88,13 +88,57 @@ class RegistryAdmin:
             raise ModelNotFound(f"model {what} is not registered")
         return max(records, key=lambda r: version_key(r.version))
 
-    async def remove(self, name: str, version: str = "") -> list[registry_pb2.ModelVersion]:
-        """Removes one version, or all versions of a model."""
+    async def remove(
+        self, name: str, version: str = "", actor: str = ""
+    ) -> list[registry_pb2.ModelVersion]:
+        """Removes one version, or all versions of a model (and then its traffic policy)."""
         if not name:
             raise InvalidInput("name is required")
-        removed = await asyncio.to_thread(self.store.remove, name, version)
+        removed = await asyncio.to_thread(self.store.remove, name, version, actor)
         self._changed()
         return removed
+
+    # -- traffic policies ------------------------------------------------------------------
+
+    async def set_traffic(
+        self, policy: registry_pb2.TrafficPolicy, actor: str
+    ) -> registry_pb2.TrafficPolicy:
+        """Replaces a model's traffic policy (an empty one clears it); one atomic change."""
+        if not policy.model:
+            raise InvalidInput("traffic policy: model is required")
+        stored = await asyncio.to_thread(self.store.set_policy, policy, actor)
+        self._changed()
+        return stored
+
+    async def get_traffic(self, model: str) -> registry_pb2.TrafficPolicy:
+        """A model's traffic policy (empty but for the model when it has none)."""
+        if not model:
+            raise InvalidInput("model is required")
+        if not await asyncio.to_thread(self.store.records, model):
+            raise ModelNotFound(f"model {model!r} is not registered")
+        return await asyncio.to_thread(self.store.policy, model)
+
+    async def promote(self, model: str, version: str, actor: str) -> registry_pb2.TrafficPolicy:
+        """Makes a version the default, clearing split and shadow; one atomic change."""
+        if not model:
+            raise InvalidInput("model is required")
+        stored = await asyncio.to_thread(self.store.promote, model, version, actor)
+        self._changed()
+        return stored
+
+    async def rollback(self, model: str, actor: str) -> registry_pb2.TrafficPolicy:
+        """Restores the policy before the last change; one atomic change."""
+        if not model:
+            raise InvalidInput("model is required")
+        stored = await asyncio.to_thread(self.store.rollback, model, actor)
+        self._changed()
+        return stored
+
+    async def traffic_history(self, model: str) -> list[registry_pb2.TrafficChange]:
+        """Every change of a model's policy, oldest first."""
+        if not model:
+            raise InvalidInput("model is required")
+        return await asyncio.to_thread(self.store.history, model)
 
     def _changed(self) -> None:
         if self.on_change is not None:

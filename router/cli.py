@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -62,21 +63,35 @@ def _record_row(r: Any) -> str:
             f"max_batch_size={r.max_batch_size}\n    in:  {inputs}\n    out: {outputs}")
 
 
-def cmd_models_register(args: argparse.Namespace) -> int:
-    """Registers every model version in a YAML file."""
-    from router.registry import parse_registration
+def _actor(args: argparse.Namespace) -> str:
+    """Who makes a registry change: --actor, else the login name."""
+    if getattr(args, "actor", None):
+        return str(args.actor)
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
-    records = parse_registration(config.load_yaml(args.file), args.file)
+
+def cmd_models_register(args: argparse.Namespace) -> int:
+    """Registers every model version in a YAML file, then sets its traffic policies."""
+    from router import traffic
+    from router.registry import parse_registration_file
+
+    records, policies = parse_registration_file(config.load_yaml(args.file), args.file)
     admin = _admin(args)
 
     async def run() -> list[Any]:
         try:
-            return list(await admin.register(records))
+            return list(await admin.register(records)) if records else []
         finally:
             await admin.backends.close()
 
     for r in asyncio.run(run()):
         print(f"registered {_record_row(r)}")
+    for policy in policies:
+        stored = admin.store.set_policy(policy, _actor(args))
+        print(f"traffic {stored.model}: {traffic.summary(stored)}")
     return 0
 
 
@@ -97,8 +112,115 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_remove(args: argparse.Namespace) -> int:
     """Removes NAME (every version) or NAME:VERSION."""
     name, _, version = args.model.partition(":")
-    for r in _admin(args).store.remove(name, version):
+    for r in _admin(args).store.remove(name, version, _actor(args)):
         print(f"removed {r.name}:{r.version}")
+    return 0
+
+
+_NONE = ("", "none")  # a flag value that clears its field
+
+
+def _pairs(flag: str, text: str) -> list[tuple[str, float]]:
+    """V=N,V=N -> [(V, N), ...]; InvalidInput names the flag."""
+    from router.errors import InvalidInput
+
+    out = []
+    for part in text.split(","):
+        version, sep, number = part.strip().partition("=")
+        try:
+            if not sep or not version:
+                raise ValueError
+            out.append((version, float(number)))
+        except ValueError:
+            raise InvalidInput(f"{flag} {text!r}: expected VERSION=NUMBER[,VERSION=NUMBER...]") from None
+    return out
+
+
+def cmd_models_traffic(args: argparse.Namespace) -> int:
+    """Shows a model's traffic policy, or changes the parts the flags give (one atomic change)."""
+    from google.protobuf import json_format
+    from tensorgate.v1 import registry_pb2
+
+    from router import traffic
+
+    store = _admin(args).store
+    flags = (args.default, args.split, args.sticky_key, args.shadow, args.fallback)
+    if not args.clear and all(f is None for f in flags):
+        if not store.records(args.name):
+            raise TensorgateError(f"model {args.name!r} is not registered")
+        policy = store.policy(args.name)
+    else:
+        given = {k: getattr(args, k) for k in ("split", "shadow")}
+        split, shadow = (
+            None if v is None or v.lower() in _NONE else _pairs(f"--{k}", v) for k, v in given.items()
+        )
+        if shadow is not None and len(shadow) != 1:
+            raise TensorgateError(f"--shadow {args.shadow!r}: expected one VERSION=FRACTION")
+
+        def change(current: registry_pb2.TrafficPolicy) -> registry_pb2.TrafficPolicy:
+            new = registry_pb2.TrafficPolicy(model=args.name)
+            if not args.clear:
+                new.CopyFrom(current)
+            for value, field in ((args.default, "default_version"), (args.sticky_key, "sticky_key"),
+                                 (args.fallback, "fallback_version")):
+                if value is not None:
+                    setattr(new, field, "" if value.lower() in _NONE else value)
+            if args.split is not None:
+                del new.split[:]
+                for version, weight in split or []:
+                    new.split.add(version=version, weight=weight)
+            if args.shadow is not None:
+                new.ClearField("shadow")
+                if shadow:
+                    new.shadow.version, new.shadow.fraction = shadow[0]
+            return new
+
+        action = "clear" if args.clear and all(f is None for f in flags) else "set"
+        policy = store.change_policy(args.name, change, _actor(args), action)
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(policy), indent=2))
+    else:
+        print(f"{args.name}: {traffic.summary(policy)}")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    """Makes VERSION the default of NAME and clears its split and shadow."""
+    from router import traffic
+
+    policy = _admin(args).store.promote(args.name, args.version, _actor(args))
+    print(f"{args.name}: {traffic.summary(policy)}")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    """Restores the traffic policy NAME had before its last change."""
+    from router import traffic
+
+    policy = _admin(args).store.rollback(args.name, _actor(args))
+    print(f"{args.name}: {traffic.summary(policy)}")
+    return 0
+
+
+def cmd_models_history(args: argparse.Namespace) -> int:
+    """Prints every change of a model's traffic policy, oldest first."""
+    from google.protobuf import json_format
+
+    from router import traffic
+
+    changes = _admin(args).store.history(args.name)
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(c) for c in changes], indent=2))
+        return 0
+    if not changes:
+        print(f"no traffic policy changes for {args.name}")
+        return 0
+    rows = [(c.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC"), c.actor, c.action,
+             traffic.summary(c.policy)) for c in changes]
+    widths = [max(len(r[i]) for r in [("time", "actor", "action", ""), *rows]) for i in range(3)]
+    print(f"{'time':{widths[0]}}  {'actor':{widths[1]}}  {'action':{widths[2]}}  policy")
+    for row in rows:
+        print(f"{row[0]:{widths[0]}}  {row[1]:{widths[1]}}  {row[2]:{widths[2]}}  {row[3]}")
     return 0
 
 
@@ -237,16 +359,46 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="manage the model registry").add_subparsers(
         dest="models_command", required=True
     )
-    r = with_config(m.add_parser("register", help="register the model versions in a YAML file"))
+    def with_actor(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--actor", help="who makes the change, for the history (default: $USER)")
+        return sp
+
+    r = with_actor(with_config(m.add_parser(
+        "register", help="register the model versions (and traffic policies) in a YAML file")))
     r.add_argument("file", metavar="FILE")
     r.set_defaults(func=cmd_models_register)
     ls = with_config(m.add_parser("list", help="list registered model versions"))
     ls.add_argument("name", nargs="?", help="only this model")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=cmd_models_list)
-    rm = with_config(m.add_parser("remove", help="remove NAME (all versions) or NAME:VERSION"))
+    rm = with_actor(with_config(m.add_parser("remove", help="remove NAME (all versions) or NAME:VERSION")))
     rm.add_argument("model", metavar="NAME[:VERSION]")
     rm.set_defaults(func=cmd_models_remove)
+    t = with_actor(with_config(m.add_parser(
+        "traffic", help="show a model's traffic policy, or change the parts given (none clears one)")))
+    t.add_argument("name", metavar="NAME")
+    t.add_argument("--default", metavar="V", help="the version served when nothing splits")
+    t.add_argument("--split", metavar="V=W,V=W", help="a weighted split, e.g. 1=90,2=10")
+    t.add_argument("--sticky-key", metavar="HEADER",
+                   help="metadata/header whose value keeps a caller on one version of the split")
+    t.add_argument("--shadow", metavar="V=FRACTION", help="mirror a fraction of calls to V, e.g. 2=0.1")
+    t.add_argument("--fallback", metavar="V", help="the version to call when the chosen one is down")
+    t.add_argument("--clear", action="store_true", help="start from no policy (alone: remove it)")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    t.set_defaults(func=cmd_models_traffic)
+    pr = with_actor(with_config(m.add_parser(
+        "promote", help="make VERSION the default of NAME, clearing split and shadow")))
+    pr.add_argument("name", metavar="NAME")
+    pr.add_argument("version", metavar="VERSION")
+    pr.set_defaults(func=cmd_models_promote)
+    rb = with_actor(with_config(m.add_parser(
+        "rollback", help="restore the traffic policy NAME had before its last change")))
+    rb.add_argument("name", metavar="NAME")
+    rb.set_defaults(func=cmd_models_rollback)
+    h = with_config(m.add_parser("history", help="every change of NAME's traffic policy"))
+    h.add_argument("name", metavar="NAME")
+    h.add_argument("--json", action="store_true", help="print JSON")
+    h.set_defaults(func=cmd_models_history)
 
     i = sub.add_parser("infer", help="call a model through the router")
     i.add_argument("model", metavar="MODEL")

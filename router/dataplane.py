@@ -7,11 +7,13 @@ in tensorgate's terms. Business logic lives here, not in the fronts.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import csv
 import io
 import itertools
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from tensorgate.v1 import inference_pb2, tensor_pb2
@@ -23,10 +25,35 @@ from router.batching import Batcher
 from router.config import Settings
 from router.errors import BackendError, BackendUnavailable, InvalidInput, ModelNotFound
 from router.registry import ModelVersion, Registry
+from router.traffic import Policy
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "tensorgate"
 # Distinct validated request headers remembered (a few per model and batch size is typical).
 HEADER_CACHE_SIZE = 4096
+# Shadow calls (traffic policies) in flight at most; more are dropped (and counted).
+SHADOW_MAX_INFLIGHT = 64
+
+
+def _same_checks(a: ModelVersion, b: ModelVersion) -> bool:
+    """True when a request valid for one version is valid for the other (same tensors)."""
+    return a is b or (
+        a.inputs == b.inputs and a.max_batch_size == b.max_batch_size and a.output_names == b.output_names
+    )
+
+
+def _outputs(response: service_pb2.ModelInferResponse) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """An answer's outputs by name: datatype, shape and raw bytes (typed contents serialized)."""
+    raw = response.raw_output_contents
+    return {
+        t.name: (
+            t.datatype,
+            tuple(t.shape),
+            raw[i] if i < len(raw) else t.contents.SerializeToString(deterministic=True),
+        )
+        for i, t in enumerate(response.outputs)
+    }
 
 
 def _table_csv(model: str, index: int, payload: inference_pb2.TablePayload) -> bytes:
@@ -59,13 +86,15 @@ class Dataplane:
         self.ready = False
         self._rr = itertools.count()
         # Validated request headers (router.wire.scan_infer_request) -> (model version, raw
-        # input sizes); emptied whenever the registry reloads.
-        self._headers: dict[bytes, tuple[ModelVersion, tuple[int, ...]]] = {}
+        # input sizes, traffic policy); emptied whenever the registry reloads. With a policy,
+        # the version is only the one the header was checked against: the policy chooses per call.
+        self._headers: dict[bytes, tuple[ModelVersion, tuple[int, ...], Policy | None]] = {}
         self._headers_generation = -1
         # Router-side batchers by (model, version); retired ones were replaced by a new policy.
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._retired: list[Batcher] = []
         self._closing: set[asyncio.Task[None]] = set()
+        self._shadows: set[asyncio.Task[None]] = set()
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -86,6 +115,15 @@ class Dataplane:
         mv = self.registry.resolve(name, version)
         self._label_call(mv)
         return mv
+
+    def _route(self, name: str, version: str) -> tuple[ModelVersion, Policy | None]:
+        """The model version to serve and, when the model's traffic policy chose it, that
+        policy: an explicit version bypasses the policy."""
+        if version:
+            return self._resolve(name, version), None
+        mv, policy = self.registry.route(name, context.current.get())
+        self._label_call(mv)
+        return mv, policy
 
     @staticmethod
     def _label_call(mv: ModelVersion) -> None:
@@ -158,9 +196,108 @@ class Dataplane:
         self, request: service_pb2.ModelInferRequest, timeout: float | None
     ) -> service_pb2.ModelInferResponse:
         """Open Inference Protocol inference; the request is checked and forwarded in place."""
-        mv = self._resolve(request.model_name, request.model_version)
+        mv, policy = self._route(request.model_name, request.model_version)
         self._check_infer_request(mv, request)
-        return await self._infer(mv, request, timeout)
+        return (await self._infer_by_policy(mv, policy, request, timeout))[1]
+
+    async def _infer_by_policy(
+        self,
+        mv: ModelVersion,
+        policy: Policy | None,
+        request: service_pb2.ModelInferRequest,
+        timeout: float | None,
+    ) -> tuple[ModelVersion, service_pb2.ModelInferResponse]:
+        """_infer() of a checked request, with the traffic policy's fallback (when every
+        endpoint of `mv` is unavailable) and shadow; the version that answered and its answer."""
+        if policy is None:
+            return mv, await self._infer(mv, request, timeout)
+        shadow = policy.shadow_for(mv.version)
+        mirrored = None
+        if shadow:
+            mirrored = service_pb2.ModelInferRequest()
+            mirrored.CopyFrom(request)
+        try:
+            response = await self._infer(mv, request, timeout)
+        except BackendUnavailable as e:
+            fallback = policy.fallback_for(mv.version)
+            if not fallback:
+                raise
+            other = self.registry.resolve(mv.name, fallback)
+            try:
+                self._check_infer_request(other, request)
+            except InvalidInput:  # the fallback takes other tensors: the primary's error stands
+                raise e from None
+            self._label_call(other)
+            return other, await self._infer(other, request, timeout)
+        if mirrored is not None:
+            candidate = self.registry.resolve(mv.name, shadow)
+            copy = mirrored
+
+            async def call() -> service_pb2.ModelInferResponse:
+                self._check_infer_request(candidate, copy)
+                return await self._infer(candidate, copy, None)
+
+            self._shadow(mv.name, shadow, call, response)
+        return mv, response
+
+    async def _infer_bytes_by_policy(
+        self, data: bytes, mv: ModelVersion, policy: Policy, timeout: float | None
+    ) -> bytes:
+        """model_infer_bytes() of a request the traffic policy sent to `mv`, with its fallback
+        and shadow: the request goes on with the version set explicitly (which bypasses the
+        policy), its bytes still unparsed."""
+        shadow = policy.shadow_for(mv.version)
+        try:
+            response = await self.model_infer_bytes(data + wire.rename(mv.name, mv.version), timeout)
+        except BackendUnavailable:
+            fallback = policy.fallback_for(mv.version)
+            if not fallback:
+                raise
+            return await self.model_infer_bytes(data + wire.rename(mv.name, fallback), timeout)
+        if shadow:
+            mirrored = data + wire.rename(mv.name, shadow)
+
+            async def call() -> service_pb2.ModelInferResponse:
+                answer = await self.model_infer_bytes(mirrored, None)
+                return wire.parse(service_pb2.ModelInferResponse, answer)
+
+            self._shadow(mv.name, shadow, call, response)
+        return response
+
+    def _shadow(
+        self,
+        model: str,
+        version: str,
+        call: Callable[[], Awaitable[service_pb2.ModelInferResponse]],
+        primary: service_pb2.ModelInferResponse | bytes,
+    ) -> None:
+        """Mirrors a call to a shadow version in its own task, after the primary answered:
+        its answer is compared with the primary's (tensorgate_shadow_requests_total) and
+        discarded. Beyond SHADOW_MAX_INFLIGHT shadow calls in flight, it is dropped."""
+        if len(self._shadows) >= SHADOW_MAX_INFLIGHT:
+            metrics.observe_shadow(model, version, "dropped")
+            return
+
+        async def run() -> None:
+            try:
+                answer = await call()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("shadow call to %s:%s failed: %s", model, version, e)
+                metrics.observe_shadow(model, version, "error")
+                return
+            first = primary
+            if isinstance(first, bytes):
+                first = wire.parse(service_pb2.ModelInferResponse, first)
+            same = _outputs(first) == _outputs(answer)
+            metrics.observe_shadow(model, version, "match" if same else "differ")
+
+        # a fresh context: the shadow call is not the caller's call (metrics, access log)
+        loop = asyncio.get_running_loop()
+        task = contextvars.Context().run(loop.create_task, run())
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
 
     async def _infer(
         self, mv: ModelVersion, request: service_pb2.ModelInferRequest, timeout: float | None
@@ -177,7 +314,9 @@ class Dataplane:
         After the checks, the client's bytes go to the backend with only the model renamed
         (appended fields, see router.wire), and the backend's bytes come back the same way:
         tensors are never copied into new messages. A request whose header (everything but
-        tensor data and id) was validated before is checked for its tensor sizes only.
+        tensor data and id) was validated before is checked for its tensor sizes only. A
+        request that names no version goes where the model's traffic policy sends it, chosen
+        per call (a cached header then only spares the checks).
         """
         scanned = wire.scan_infer_request(data)
         cached = None
@@ -186,15 +325,36 @@ class Dataplane:
                 self._headers.clear()
                 self._headers_generation = self.registry.generation
             cached = self._headers.get(scanned[0])
+        forced: ModelVersion | None = None
         if cached is not None and scanned is not None and cached[1] == scanned[1]:
-            mv = cached[0]
+            mv, policy = cached[0], cached[2]
+            if policy is not None:
+                chosen = self.registry.resolve(mv.name, policy.choose(context.current.get()))
+                if not _same_checks(chosen, mv):  # check the request against the chosen one
+                    forced, cached = chosen, None
+                mv = chosen
+        else:
+            cached = None
+        if cached is not None:
             self._label_call(mv)
+            if policy is not None:
+                return await self._infer_bytes_by_policy(data, mv, policy, timeout)
             data += mv.request_rename
         else:
             request = wire.parse(service_pb2.ModelInferRequest, data)
-            mv = self._resolve(request.model_name, request.model_version)
+            if forced is not None:
+                mv, policy = forced, self.registry.policies.get(forced.name)
+                self._label_call(mv)
+            else:
+                mv, policy = self._route(request.model_name, request.model_version)
             typed = not request.raw_input_contents and len(request.inputs) > 0
             self._check_infer_request(mv, request)
+            if policy is not None:
+                if scanned is not None and not typed and all(s.itemsize for s in mv.inputs):
+                    if len(self._headers) >= HEADER_CACHE_SIZE:
+                        self._headers.clear()
+                    self._headers[scanned[0]] = (mv, scanned[1], policy)
+                return await self._infer_bytes_by_policy(data, mv, policy, timeout)
             if mv.batching is not None:  # the batcher merges messages: no byte forwarding
                 return (await self._infer(mv, request, timeout)).SerializeToString()
             if typed:  # typed contents became raw: the message changed
@@ -205,7 +365,7 @@ class Dataplane:
                 if scanned is not None and all(s.itemsize for s in mv.inputs):
                     if len(self._headers) >= HEADER_CACHE_SIZE:
                         self._headers.clear()
-                    self._headers[scanned[0]] = (mv, scanned[1])
+                    self._headers[scanned[0]] = (mv, scanned[1], None)
         backend = self._pick_backend(mv)
         start = time.perf_counter()
         try:
@@ -262,7 +422,7 @@ class Dataplane:
         """Stops the batchers (calls still waiting in them get UNAVAILABLE)."""
         batchers = [*self._batchers.values(), *self._retired]
         self._batchers, self._retired = {}, []
-        for task in list(self._closing):
+        for task in [*self._closing, *self._shadows]:
             task.cancel()
         for batcher in batchers:
             await batcher.close()
@@ -396,7 +556,7 @@ class Dataplane:
         self, request: inference_pb2.PredictRequest, timeout: float | None
     ) -> inference_pb2.PredictResponse:
         """tensorgate's payload-level inference: the items become one batch, split back per item."""
-        mv = self._resolve(request.model, request.version)
+        mv, policy = self._route(request.model, request.version)
         model = f"model {mv.name}:{mv.version}"
         items = request.items
         if not items:
@@ -425,9 +585,10 @@ class Dataplane:
         for name in request.outputs:
             infer.outputs.add(name=name)
         self._check_infer_request(mv, infer)
-        answer = self._split_response(mv, await self._infer(mv, infer, timeout), rows)
-        if mv.postprocess:
-            self._classify(mv, answer)
+        served, response = await self._infer_by_policy(mv, policy, infer, timeout)
+        answer = self._split_response(served, response, rows)
+        if served.postprocess:
+            self._classify(served, answer)
         return answer
 
     @staticmethod

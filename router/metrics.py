@@ -108,7 +108,16 @@ BATCHES = FastCounter(
     "Backend calls made by router-side batching, by model, version and trigger (size, delay).",
     ["model", "version", "trigger"],
 )
-for _collector in (REQUESTS, REQUEST_LATENCY, BACKEND_LATENCY, BATCH_ROWS, QUEUE_WAIT, BATCHES):
+SHADOW_REQUESTS = FastCounter(
+    "tensorgate_shadow_requests",
+    "Calls mirrored to a shadow version by a traffic policy, by model, shadow version and "
+    "result: match or differ (its outputs against the primary's), error, or dropped (too many "
+    "shadow calls in flight).",
+    ["model", "version", "result"],
+)
+for _collector in (
+    REQUESTS, REQUEST_LATENCY, BACKEND_LATENCY, BATCH_ROWS, QUEUE_WAIT, BATCHES, SHADOW_REQUESTS
+):
     REGISTRY.register(_collector)
 
 INFLIGHT = Gauge(
@@ -134,3 +143,8 @@ def observe_batch(model: str, version: str, rows: int, trigger: str, waits: list
     BATCHES.inc((model, version, trigger))
     for wait in waits:
         QUEUE_WAIT.observe((model, version), wait)
+
+
+def observe_shadow(model: str, version: str, result: str) -> None:
+    """Counts one shadow call by its result (match, differ, error, dropped)."""
+    SHADOW_REQUESTS.inc((model, version, result))

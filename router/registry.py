@@ -15,7 +15,8 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from typing import Any
 from google.protobuf import json_format
 from tensorgate.v1 import registry_pb2, tensor_pb2
 
-from router import wire
+from router import traffic, wire
 from router.batching import BatchPolicy
+from router.context import CallContext
 from router.errors import AlreadyExists, InvalidInput, ModelNotFound
 from router.tensors import ITEM_SIZES, check_datatype
 from transforms.base import Transform, TransformLimits
@@ -296,20 +298,39 @@ def parse_record(data: Any, source: str) -> registry_pb2.ModelVersion:
 
 def parse_registration(data: Any, source: str) -> list[registry_pb2.ModelVersion]:
     """Parses a registration document: `{models: [...]}`, a list, or one model mapping."""
-    if isinstance(data, dict) and "models" in data:
-        extra = set(data) - {"models"}
+    return parse_registration_file(data, source)[0]
+
+
+def parse_registration_file(
+    data: Any, source: str
+) -> tuple[list[registry_pb2.ModelVersion], list[registry_pb2.TrafficPolicy]]:
+    """Parses a registration document: `{models: [...], traffic: [...]}`, a list of models, or
+    one model mapping; the model versions and the traffic policies in it."""
+    policies: list[registry_pb2.TrafficPolicy] = []
+    if isinstance(data, dict) and ("models" in data or "traffic" in data):
+        extra = set(data) - {"models", "traffic"}
         if extra:
             raise InvalidInput(f"{source}: unknown top-level keys {sorted(extra)}")
-        data = data["models"]
+        entries_traffic = data.get("traffic") or []
+        if not isinstance(entries_traffic, list):
+            raise InvalidInput(f"{source}: traffic must be a list of policies")
+        policies = [
+            traffic.parse_policy(e, f"{source}: traffic[{i}]") for i, e in enumerate(entries_traffic)
+        ]
+        names = [p.model for p in policies]
+        twice = {n for n in names if names.count(n) > 1}
+        if twice:
+            raise InvalidInput(f"{source}: traffic gives {', '.join(sorted(twice))} more than once")
+        data = data.get("models") or []
     entries = data if isinstance(data, list) else [data]
-    if not entries:
+    if not entries and not policies:
         raise InvalidInput(f"{source}: no models in it")
     records = [parse_record(e, f"{source}: models[{i}]") for i, e in enumerate(entries)]
     keys = [(r.name, r.version) for r in records]
     dupes = {f"{n}:{v}" for n, v in keys if keys.count((n, v)) > 1}
     if dupes:
         raise InvalidInput(f"{source}: registers {', '.join(sorted(dupes))} more than once")
-    return records
+    return records, policies
 
 
 def version_key(version: str) -> tuple[int, int | str]:
@@ -329,6 +350,26 @@ class RegistryStore:
     )
     """
 
+    TRAFFIC_SCHEMA = (
+        """
+        CREATE TABLE IF NOT EXISTS traffic_policies (
+            model TEXT PRIMARY KEY,
+            policy BLOB NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS traffic_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model TEXT NOT NULL,
+            time_ns INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            policy BLOB NOT NULL
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS traffic_history_model ON traffic_history (model, id)",
+    )
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
@@ -338,6 +379,8 @@ class RegistryStore:
             self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=10)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(self.SCHEMA)
+            for statement in self.TRAFFIC_SCHEMA:
+                self._db.execute(statement)
             self._db.commit()
         except sqlite3.Error as e:
             raise InvalidInput(f"registry database {path}: {e}") from None
@@ -389,20 +432,181 @@ class RegistryStore:
                 ) from None
         return stored
 
-    def remove(self, name: str, version: str = "") -> list[registry_pb2.ModelVersion]:
-        """Removes one version, or all versions of name; ModelNotFound when nothing matched."""
-        records = [r for r in self.records(name) if not version or r.version == version]
-        if not records:
-            what = f"{name}:{version}" if version else name
-            raise ModelNotFound(f"model {what} is not registered")
-        with self._lock, self._db:
+    def remove(
+        self, name: str, version: str = "", actor: str = ""
+    ) -> list[registry_pb2.ModelVersion]:
+        """Removes one version, or all versions of name; ModelNotFound when nothing matched.
+
+        A version the model's traffic policy names is not removed (InvalidInput: change the
+        policy first); removing every version removes the policy too (a `remove` change in
+        its history, by `actor`).
+        """
+        with self._transaction():
+            records = [r for r in self._records(name) if not version or r.version == version]
+            if not records:
+                what = f"{name}:{version}" if version else name
+                raise ModelNotFound(f"model {what} is not registered")
+            policy = self._policy(name)
             if version:
+                if policy is not None:
+                    uses = _policy_uses(policy, version)
+                    if uses:
+                        raise InvalidInput(
+                            f"model {name}:{version} is the {' and '.join(uses)} of the model's "
+                            f"traffic policy; change the policy first (tensorgate models traffic "
+                            f"{name} ...) or remove the whole model"
+                        )
                 self._db.execute(
                     "DELETE FROM model_versions WHERE name = ? AND version = ?", (name, version)
                 )
             else:
                 self._db.execute("DELETE FROM model_versions WHERE name = ?", (name,))
+                if policy is not None:
+                    self._write_policy(registry_pb2.TrafficPolicy(model=name), actor, "remove")
         return records
+
+    # -- traffic policies ------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so that what it reads stays
+        true until it commits, also against other processes."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.rollback()
+                raise
+            self._db.commit()
+
+    def _records(self, name: str) -> list[registry_pb2.ModelVersion]:
+        rows = self._db.execute("SELECT record FROM model_versions WHERE name = ?", (name,)).fetchall()
+        records = [registry_pb2.ModelVersion.FromString(r[0]) for r in rows]
+        return sorted(records, key=lambda r: version_key(r.version))
+
+    def _versions(self, name: str) -> list[str]:
+        rows = self._db.execute("SELECT version FROM model_versions WHERE name = ?", (name,)).fetchall()
+        return sorted((r[0] for r in rows), key=version_key)
+
+    def _policy(self, model: str) -> registry_pb2.TrafficPolicy | None:
+        row = self._db.execute(
+            "SELECT policy FROM traffic_policies WHERE model = ?", (model,)
+        ).fetchone()
+        return None if row is None else registry_pb2.TrafficPolicy.FromString(row[0])
+
+    def _write_policy(self, policy: registry_pb2.TrafficPolicy, actor: str, action: str) -> None:
+        """Stores a policy (none when it is empty) and its history row; inside a transaction."""
+        if traffic.is_empty(policy):
+            self._db.execute("DELETE FROM traffic_policies WHERE model = ?", (policy.model,))
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO traffic_policies (model, policy) VALUES (?, ?)",
+                (policy.model, policy.SerializeToString()),
+            )
+        self._db.execute(
+            "INSERT INTO traffic_history (model, time_ns, actor, action, policy) VALUES (?, ?, ?, ?, ?)",
+            (policy.model, time.time_ns(), actor or "unknown", action, policy.SerializeToString()),
+        )
+
+    def policies(self) -> dict[str, registry_pb2.TrafficPolicy]:
+        """Every stored traffic policy, by model name."""
+        with self._lock:
+            rows = self._db.execute("SELECT model, policy FROM traffic_policies").fetchall()
+        return {m: registry_pb2.TrafficPolicy.FromString(p) for m, p in rows}
+
+    def policy(self, model: str) -> registry_pb2.TrafficPolicy:
+        """A model's traffic policy; an empty one (only the model set) when it has none."""
+        with self._lock:
+            policy = self._policy(model)
+        return policy if policy is not None else registry_pb2.TrafficPolicy(model=model)
+
+    def change_policy(
+        self,
+        model: str,
+        change: Callable[[registry_pb2.TrafficPolicy], registry_pb2.TrafficPolicy],
+        actor: str,
+        action: str,
+    ) -> registry_pb2.TrafficPolicy:
+        """Applies `change` to a model's current policy, validates the result against the
+        registered versions and stores it with its history row, all in one transaction."""
+        with self._transaction():
+            versions = self._versions(model)
+            if not versions:
+                raise ModelNotFound(f"model {model!r} is not registered")
+            current = self._policy(model) or registry_pb2.TrafficPolicy(model=model)
+            new = change(current)
+            new.model = model
+            if not traffic.is_empty(new):
+                new = traffic.validate(new, versions)
+            self._write_policy(new, actor, action)
+        return new
+
+    def set_policy(self, policy: registry_pb2.TrafficPolicy, actor: str) -> registry_pb2.TrafficPolicy:
+        """Replaces a model's policy (an empty one clears it)."""
+        action = "clear" if traffic.is_empty(policy) else "set"
+        return self.change_policy(policy.model, lambda _: policy, actor, action)
+
+    def promote(self, model: str, version: str, actor: str) -> registry_pb2.TrafficPolicy:
+        """Makes `version` the default and clears split, sticky key and shadow (a fallback that
+        is not the promoted version stays)."""
+
+        def change(current: registry_pb2.TrafficPolicy) -> registry_pb2.TrafficPolicy:
+            if not version:
+                raise InvalidInput(f"promote model {model}: version is required")
+            new = registry_pb2.TrafficPolicy(model=model, default_version=version)
+            if current.fallback_version != version:
+                new.fallback_version = current.fallback_version
+            return new
+
+        return self.change_policy(model, change, actor, "promote")
+
+    def rollback(self, model: str, actor: str) -> registry_pb2.TrafficPolicy:
+        """Restores the policy the model had before its last change (none when the last change
+        was its first)."""
+
+        def change(current: registry_pb2.TrafficPolicy) -> registry_pb2.TrafficPolicy:
+            rows = self._db.execute(
+                "SELECT policy FROM traffic_history WHERE model = ? ORDER BY id DESC LIMIT 2",
+                (model,),
+            ).fetchall()
+            if not rows:
+                raise InvalidInput(f"model {model} has no traffic policy change to roll back")
+            if len(rows) == 1:
+                return registry_pb2.TrafficPolicy(model=model)
+            return registry_pb2.TrafficPolicy.FromString(rows[1][0])
+
+        return self.change_policy(model, change, actor, "rollback")
+
+    def history(self, model: str) -> list[registry_pb2.TrafficChange]:
+        """Every change of a model's policy, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT time_ns, actor, action, policy FROM traffic_history WHERE model = ? ORDER BY id",
+                (model,),
+            ).fetchall()
+        changes = []
+        for time_ns, actor, action, policy in rows:
+            change = registry_pb2.TrafficChange(
+                actor=actor, action=action, policy=registry_pb2.TrafficPolicy.FromString(policy)
+            )
+            change.time.FromNanoseconds(time_ns)
+            changes.append(change)
+        return changes
+
+
+def _policy_uses(policy: registry_pb2.TrafficPolicy, version: str) -> list[str]:
+    """The fields of a policy that name a version."""
+    uses = []
+    if policy.default_version == version:
+        uses.append("default_version")
+    if any(w.version == version for w in policy.split):
+        uses.append("split")
+    if policy.HasField("shadow") and policy.shadow.version == version:
+        uses.append("shadow.version")
+    if policy.fallback_version == version:
+        uses.append("fallback_version")
+    return uses
 
 
 class Registry:
@@ -418,6 +622,8 @@ class Registry:
         self.generation = 0
         # The model versions of the last load, by their record's bytes.
         self._built: dict[bytes, ModelVersion] = {}
+        # Traffic policies that decide per call (split, shadow, fallback), by model name.
+        self.policies: dict[str, traffic.Policy] = {}
 
     def load(self) -> None:
         """Reads every record from the store (skipping, with a log line, any invalid one)."""
@@ -440,7 +646,20 @@ class Registry:
         defaults = {
             name: versions[max(versions, key=version_key)] for name, versions in models.items()
         }
+        policies: dict[str, traffic.Policy] = {}
+        for name, record in self.store.policies().items():
+            if name not in models:
+                continue
+            try:
+                policy = traffic.Policy.build(record, sorted(models[name], key=version_key))
+            except (InvalidInput, ModelNotFound) as e:
+                log.error("registry: ignoring the traffic policy of %s: %s", name, e)
+                continue
+            defaults[name] = models[name][policy.default]
+            if policy.routes_each_call:
+                policies[name] = policy
         self._models, self._defaults, self._built = models, defaults, built
+        self.policies = policies
         self.generation += 1
 
     def changed(self) -> bool:
@@ -472,6 +691,14 @@ class Registry:
         if mv is None:
             raise ModelNotFound(f"model {name!r} is not registered")
         return mv
+
+    def route(self, name: str, call: CallContext | None) -> tuple[ModelVersion, traffic.Policy | None]:
+        """The version for a call that names none, by the model's traffic policy when it has
+        one that decides per call, and that policy (None: the default version, no policy)."""
+        policy = self.policies.get(name)
+        if policy is None:
+            return self.resolve(name), None
+        return self.resolve(name, policy.choose(call)), policy
 
     def all(self) -> list[ModelVersion]:
         """Every routable model version, by name then version."""

@@ -84,6 +84,11 @@ def test_every_annotated_rule_and_additional_binding_is_a_binding() -> None:
         ("GetModel", "GET", "/v1/registry/models/{name}", "", 1),
         ("RemoveModel", "DELETE", "/v1/registry/models/{name}/versions/{version}", "", 0),
         ("RemoveModel", "DELETE", "/v1/registry/models/{name}", "", 1),
+        ("SetTrafficPolicy", "PUT", "/v1/registry/models/{policy.model}/traffic", "policy", 0),
+        ("GetTrafficPolicy", "GET", "/v1/registry/models/{model}/traffic", "", 0),
+        ("PromoteVersion", "POST", "/v1/registry/models/{model}/traffic:promote", "*", 0),
+        ("RollbackTraffic", "POST", "/v1/registry/models/{model}/traffic:rollback", "*", 0),
+        ("GetTrafficHistory", "GET", "/v1/registry/models/{model}/traffic/history", "", 0),
     ]
 
 

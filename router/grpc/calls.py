@@ -156,11 +156,12 @@ def failure(e: BaseException) -> tuple[grpc.StatusCode, str]:
 def _begin(ctx: grpc.aio.ServicerContext) -> context.CallContext:
     """Starts a call: its request id (the client's x-request-id when sane), in trailing metadata."""
     rid = None
-    for key, value in ctx.invocation_metadata() or ():
+    metadata = ctx.invocation_metadata() or ()
+    for key, value in metadata:
         if key == REQUEST_ID_KEY and isinstance(value, str) and _CLIENT_ID.match(value):
             rid = value
             break
-    call = context.CallContext(rid or context.new_request_id())
+    call = context.CallContext(rid or context.new_request_id(), metadata=metadata)
     # Each gRPC call runs in its own task and context, so no reset is needed.
     context.current.set(call)
     ctx.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))

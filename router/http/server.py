@@ -147,7 +147,8 @@ class HttpServer:
         start = time.perf_counter()
         rid = request.headers.get(REQUEST_ID_HEADER)
         call = context.CallContext(
-            rid if rid is not None and _CLIENT_ID.match(rid) else context.new_request_id()
+            rid if rid is not None and _CLIENT_ID.match(rid) else context.new_request_id(),
+            metadata=request.headers,
         )
         context.current.set(call)  # each connection's requests run in its own task
         name, entered = "-", False

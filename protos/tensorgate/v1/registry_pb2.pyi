@@ -113,3 +113,85 @@ class RemoveModelResponse(_message.Message):
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     removed: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     def __init__(self, removed: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class TrafficPolicy(_message.Message):
+    __slots__ = ("model", "default_version", "split", "sticky_key", "shadow", "fallback_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    STICKY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    default_version: str
+    split: _containers.RepeatedCompositeFieldContainer[WeightedVersion]
+    sticky_key: str
+    shadow: Shadow
+    fallback_version: str
+    def __init__(self, model: _Optional[str] = ..., default_version: _Optional[str] = ..., split: _Optional[_Iterable[_Union[WeightedVersion, _Mapping]]] = ..., sticky_key: _Optional[str] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., fallback_version: _Optional[str] = ...) -> None: ...
+
+class WeightedVersion(_message.Message):
+    __slots__ = ("version", "weight")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    weight: float
+    def __init__(self, version: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class Shadow(_message.Message):
+    __slots__ = ("version", "fraction")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    fraction: float
+    def __init__(self, version: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
+
+class SetTrafficPolicyRequest(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: TrafficPolicy
+    def __init__(self, policy: _Optional[_Union[TrafficPolicy, _Mapping]] = ...) -> None: ...
+
+class GetTrafficPolicyRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class PromoteVersionRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RollbackTrafficRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class GetTrafficHistoryRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class TrafficChange(_message.Message):
+    __slots__ = ("time", "actor", "action", "policy")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    actor: str
+    action: str
+    policy: TrafficPolicy
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., policy: _Optional[_Union[TrafficPolicy, _Mapping]] = ...) -> None: ...
+
+class TrafficHistory(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[TrafficChange]
+    def __init__(self, changes: _Optional[_Iterable[_Union[TrafficChange, _Mapping]]] = ...) -> None: ...

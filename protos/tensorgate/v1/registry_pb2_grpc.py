@@ -55,6 +55,31 @@ class ModelRegistryStub:
                 request_serializer=tensorgate_dot_v1_dot_registry__pb2.RemoveModelRequest.SerializeToString,
                 response_deserializer=tensorgate_dot_v1_dot_registry__pb2.RemoveModelResponse.FromString,
                 _registered_method=True)
+        self.SetTrafficPolicy = channel.unary_unary(
+                '/tensorgate.v1.ModelRegistry/SetTrafficPolicy',
+                request_serializer=tensorgate_dot_v1_dot_registry__pb2.SetTrafficPolicyRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.FromString,
+                _registered_method=True)
+        self.GetTrafficPolicy = channel.unary_unary(
+                '/tensorgate.v1.ModelRegistry/GetTrafficPolicy',
+                request_serializer=tensorgate_dot_v1_dot_registry__pb2.GetTrafficPolicyRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.FromString,
+                _registered_method=True)
+        self.PromoteVersion = channel.unary_unary(
+                '/tensorgate.v1.ModelRegistry/PromoteVersion',
+                request_serializer=tensorgate_dot_v1_dot_registry__pb2.PromoteVersionRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.FromString,
+                _registered_method=True)
+        self.RollbackTraffic = channel.unary_unary(
+                '/tensorgate.v1.ModelRegistry/RollbackTraffic',
+                request_serializer=tensorgate_dot_v1_dot_registry__pb2.RollbackTrafficRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.FromString,
+                _registered_method=True)
+        self.GetTrafficHistory = channel.unary_unary(
+                '/tensorgate.v1.ModelRegistry/GetTrafficHistory',
+                request_serializer=tensorgate_dot_v1_dot_registry__pb2.GetTrafficHistoryRequest.SerializeToString,
+                response_deserializer=tensorgate_dot_v1_dot_registry__pb2.TrafficHistory.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServicer:
@@ -89,6 +114,41 @@ class ModelRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTrafficPolicy(self, request, context):
+        """Sets a model's version traffic policy (replacing the one it had); kept in its history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrafficPolicy(self, request, context):
+        """Returns a model's traffic policy (an empty policy, only the model set, when it has none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteVersion(self, request, context):
+        """Makes one version the default and clears splits and shadow, in one change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackTraffic(self, request, context):
+        """Restores the policy the model had before its last change, in one change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrafficHistory(self, request, context):
+        """Every change of a model's traffic policy, oldest first: time, actor, action, policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +171,31 @@ def add_ModelRegistryServicer_to_server(servicer, server):
                     servicer.RemoveModel,
                     request_deserializer=tensorgate_dot_v1_dot_registry__pb2.RemoveModelRequest.FromString,
                     response_serializer=tensorgate_dot_v1_dot_registry__pb2.RemoveModelResponse.SerializeToString,
+            ),
+            'SetTrafficPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTrafficPolicy,
+                    request_deserializer=tensorgate_dot_v1_dot_registry__pb2.SetTrafficPolicyRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.SerializeToString,
+            ),
+            'GetTrafficPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrafficPolicy,
+                    request_deserializer=tensorgate_dot_v1_dot_registry__pb2.GetTrafficPolicyRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.SerializeToString,
+            ),
+            'PromoteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteVersion,
+                    request_deserializer=tensorgate_dot_v1_dot_registry__pb2.PromoteVersionRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.SerializeToString,
+            ),
+            'RollbackTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackTraffic,
+                    request_deserializer=tensorgate_dot_v1_dot_registry__pb2.RollbackTrafficRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.SerializeToString,
+            ),
+            'GetTrafficHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrafficHistory,
+                    request_deserializer=tensorgate_dot_v1_dot_registry__pb2.GetTrafficHistoryRequest.FromString,
+                    response_serializer=tensorgate_dot_v1_dot_registry__pb2.TrafficHistory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +307,141 @@ class ModelRegistry:
             '/tensorgate.v1.ModelRegistry/RemoveModel',
             tensorgate_dot_v1_dot_registry__pb2.RemoveModelRequest.SerializeToString,
             tensorgate_dot_v1_dot_registry__pb2.RemoveModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTrafficPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelRegistry/SetTrafficPolicy',
+            tensorgate_dot_v1_dot_registry__pb2.SetTrafficPolicyRequest.SerializeToString,
+            tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrafficPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelRegistry/GetTrafficPolicy',
+            tensorgate_dot_v1_dot_registry__pb2.GetTrafficPolicyRequest.SerializeToString,
+            tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelRegistry/PromoteVersion',
+            tensorgate_dot_v1_dot_registry__pb2.PromoteVersionRequest.SerializeToString,
+            tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelRegistry/RollbackTraffic',
+            tensorgate_dot_v1_dot_registry__pb2.RollbackTrafficRequest.SerializeToString,
+            tensorgate_dot_v1_dot_registry__pb2.TrafficPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrafficHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.v1.ModelRegistry/GetTrafficHistory',
+            tensorgate_dot_v1_dot_registry__pb2.GetTrafficHistoryRequest.SerializeToString,
+            tensorgate_dot_v1_dot_registry__pb2.TrafficHistory.FromString,
             options,
             channel_credentials,
             insecure,
