@@ -47,6 +47,23 @@ class Limiter:
             return 0.0
         return (len(self._waiters) + 1) * self.service_s / self.max_inflight
 
+    def try_acquire(self) -> float | None:
+        """Takes a free slot without waiting (the common case, kept synchronous and cheap):
+        the start time for release(), or None when the call must queue (use acquire())."""
+        if self.inflight < self.max_inflight and not self._waiters:
+            self.inflight += 1
+            return time.perf_counter()
+        return None
+
+    def resize(self, max_inflight: int, max_queued: int) -> None:
+        """Applies new limits (a changed registration); more slots go to waiting calls at once."""
+        self.max_inflight, self.max_queued = max_inflight, max_queued
+        while self._waiters and self.inflight < self.max_inflight:
+            future = self._waiters.popleft()
+            if not future.done():
+                self.inflight += 1
+                future.set_result(None)
+
     async def acquire(self, timeout: float | None) -> float:
         """Takes a slot, waiting at most timeout seconds; returns the start time for release().
 

@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2
 
 from adapters.base import Backend, BackendPool
 from router import context, metrics, tensors, wire
+from router.admission import Limiter
 from router.batching import Batcher
 from router.config import Settings
 from router.errors import BackendError, BackendUnavailable, InvalidInput, ModelNotFound
@@ -93,6 +94,8 @@ class Dataplane:
         # Router-side batchers by (model, version); retired ones were replaced by a new policy.
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._retired: list[Batcher] = []
+        # Admission limiters of unbatched versions by (model, version) (router.admission).
+        self._limiters: dict[tuple[str, str], Limiter] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._shadows: set[asyncio.Task[None]] = set()
 
@@ -106,9 +109,7 @@ class Dataplane:
         """The router's name, version and protocol extensions."""
         from router import __version__
 
-        return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=__version__, extensions=[]
-        )
+        return service_pb2.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=[])
 
     def _resolve(self, name: str, version: str) -> ModelVersion:
         """The model version to serve, recording it for the call's metrics."""
@@ -155,9 +156,7 @@ class Dataplane:
     async def _backend_ready(self, mv: ModelVersion) -> bool:
         results = await asyncio.gather(
             *(
-                self.backends.get(mv.backend_kind, ep).model_ready(
-                    mv.backend_model, mv.backend_version
-                )
+                self.backends.get(mv.backend_kind, ep).model_ready(mv.backend_model, mv.backend_version)
                 for ep in mv.endpoints
             )
         )
@@ -366,12 +365,19 @@ class Dataplane:
                     if len(self._headers) >= HEADER_CACHE_SIZE:
                         self._headers.clear()
                     self._headers[scanned[0]] = (mv, scanned[1], None)
-        backend = self._pick_backend(mv)
-        start = time.perf_counter()
+        limiter = self._limiter(mv)
+        admitted = limiter.try_acquire()
+        if admitted is None:
+            admitted = await limiter.acquire(self._timeout(timeout))
         try:
-            response = await backend.infer_bytes(data, self._timeout(timeout))
+            backend = self._pick_backend(mv)
+            start = time.perf_counter()
+            try:
+                response = await backend.infer_bytes(data, self._timeout(timeout))
+            finally:
+                metrics.observe_backend(mv.name, mv.version, mv.backend_kind, time.perf_counter() - start)
         finally:
-            metrics.observe_backend(mv.name, mv.version, mv.backend_kind, time.perf_counter() - start)
+            limiter.release(admitted)
         return response + mv.response_rename
 
     async def _call_backend(
@@ -381,7 +387,28 @@ class Dataplane:
         if mv.batching is not None:
             deadline = asyncio.get_running_loop().time() + self._timeout(timeout)
             return await self._batcher(mv).submit(request, deadline)
-        return await self._direct_call(mv, request, timeout)
+        limiter = self._limiter(mv)
+        admitted = limiter.try_acquire()
+        if admitted is None:
+            admitted = await limiter.acquire(self._timeout(timeout))
+        try:
+            return await self._direct_call(mv, request, timeout)
+        finally:
+            limiter.release(admitted)
+
+    def _limiter(self, mv: ModelVersion) -> Limiter:
+        """The admission limiter of an unbatched model version (router.admission), made on first
+        use; a changed registration resizes it in place, so calls in flight stay counted."""
+        limits = self.settings.limits
+        inflight = mv.admission[0] or limits.max_inflight_per_version
+        queued = mv.admission[1] or limits.max_queued_per_version
+        limiter = self._limiters.get((mv.name, mv.version))
+        if limiter is None:
+            limiter = Limiter(f"{mv.name}:{mv.version}", inflight, queued)
+            self._limiters[(mv.name, mv.version)] = limiter
+        elif limiter.max_inflight != inflight or limiter.max_queued != queued:
+            limiter.resize(inflight, queued)
+        return limiter
 
     def _batcher(self, mv: ModelVersion) -> Batcher:
         """The batcher of a model version, made on first use (inside the running loop)."""
@@ -486,8 +513,7 @@ class Dataplane:
                 if out.name not in mv.output_names:
                     expected = ", ".join(s.name for s in mv.outputs)
                     raise InvalidInput(
-                        f"model {mv.name}:{mv.version}: unknown output {out.name!r}; "
-                        f"the model has {expected}"
+                        f"model {mv.name}:{mv.version}: unknown output {out.name!r}; the model has {expected}"
                     )
         if not raw:
             # Triton takes raw contents for every input or for none: send raw, as the design says.
@@ -498,9 +524,7 @@ class Dataplane:
                 )
                 t.ClearField("contents")
 
-    def _explain_bad_request(
-        self, mv: ModelVersion, request: service_pb2.ModelInferRequest
-    ) -> None:
+    def _explain_bad_request(self, mv: ModelVersion, request: service_pb2.ModelInferRequest) -> None:
         """Raises InvalidInput naming what is wrong with a request's inputs (if anything is)."""
         model = f"model {mv.name}:{mv.version}"
         if not mv.has_metadata:
@@ -537,16 +561,15 @@ class Dataplane:
             raise InvalidInput(f"{model}: missing input(s) {', '.join(missing)}")
 
     @staticmethod
-    def _check_shape(
-        mv: ModelVersion, where: str, expected: Sequence[int], shape: Sequence[int]
-    ) -> None:
+    def _check_shape(mv: ModelVersion, where: str, expected: Sequence[int], shape: Sequence[int]) -> None:
         tensors.check_shape(where, shape)
         ok = len(shape) == len(expected) and all(
             e == -1 or e == d for e, d in zip(expected, shape, strict=True)
         )
         if not ok:
-            raise InvalidInput(f"{where}: shape {list(shape)}, the model expects {list(expected)} "
-                               "(-1 = any size)")
+            raise InvalidInput(
+                f"{where}: shape {list(shape)}, the model expects {list(expected)} (-1 = any size)"
+            )
         if mv.max_batch_size > 0 and shape[0] > mv.max_batch_size:
             raise InvalidInput(
                 f"{where}: batch of {shape[0]} exceeds the model's max_batch_size {mv.max_batch_size}"
@@ -578,8 +601,9 @@ class Dataplane:
                 "send one payload kind per request"
             )
         if kind == "tensors":
-            infer, rows = self._batch_items(mv, [self._named_tensors(mv, i, item)
-                                                 for i, item in enumerate(items)])
+            infer, rows = self._batch_items(
+                mv, [self._named_tensors(mv, i, item) for i, item in enumerate(items)]
+            )
         else:
             infer, rows = await self._transform_items(mv, str(kind), items)
         for name in request.outputs:
@@ -717,7 +741,5 @@ class Dataplane:
             for result, n, chunk in zip(
                 results, rows, tensors.split_rows(t.datatype, t.shape, raw, rows), strict=True
             ):
-                result.outputs.add(
-                    name=t.name, datatype=t.datatype, shape=[n, *t.shape[1:]], data=chunk
-                )
+                result.outputs.add(name=t.name, datatype=t.datatype, shape=[n, *t.shape[1:]], data=chunk)
         return out

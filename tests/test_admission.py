@@ -90,3 +90,17 @@ async def test_service_time_is_a_moving_average() -> None:
     lim.release(await lim.acquire(None) - 0.2)
     assert lim.service_s == pytest.approx(0.1 + 0.2 * (0.2 - 0.1), abs=0.01)
     assert lim.expected_wait() == 0.0
+
+
+async def test_resize_gives_new_slots_to_waiting_calls() -> None:
+    lim = Limiter("m:1", max_inflight=1, max_queued=4)
+    held = lim.try_acquire()
+    assert held is not None and lim.try_acquire() is None
+    waiting = [asyncio.create_task(lim.acquire(None)) for _ in range(2)]
+    await asyncio.sleep(0)
+    lim.resize(3, 4)  # a changed registration: two more slots
+    started = await asyncio.gather(*waiting)
+    assert lim.inflight == 3 and lim.queued == 0
+    for s in (held, *started):
+        lim.release(s)
+    assert lim.inflight == 0
