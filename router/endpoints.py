@@ -180,7 +180,6 @@ class EndpointSet:
         self._next = 0
         self._health_task: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
-        self._last_check = float("-inf")
         self._closed = False
         metrics.ENDPOINT_ADMITTED.add_source(self)
 
@@ -337,7 +336,6 @@ class EndpointSet:
 
     async def check_health(self) -> None:
         """Checks every endpoint once, concurrently."""
-        self._last_check = self._clock()
         await asyncio.gather(*(self._check(ep, "") for ep in self.endpoints))
 
     async def _check(self, ep: Endpoint, when: str) -> None:
@@ -356,11 +354,10 @@ class EndpointSet:
             log.warning("%s: endpoint %s taken out: %s", self.name, ep.address, ep.reason)
 
     async def ready(self) -> bool:
-        """True when an endpoint is admitted, by a health check at most health_interval_s old."""
+        """True when an endpoint is admitted after checking every endpoint's health now."""
         if self._health_task is None:
             self._start_health()
-        if self._clock() - self._last_check > self.policy.health_interval_s:
-            await self.check_health()
+        await self.check_health()
         now = self._clock()
         return any(ep.admitted(now) for ep in self.endpoints)
 
