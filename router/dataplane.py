@@ -142,19 +142,21 @@ class Dataplane:
 
     def _endpoints(self, mv: ModelVersion) -> EndpointSet:
         """The endpoint set of a version's binding, made on first use (in the running loop)."""
-        if self._sets_generation != self.registry.generation:
-            self._drop_unbound_sets()
+        self._drop_unbound_sets()
         key = (mv.backend_kind, mv.endpoints, mv.backend_model, mv.backend_version)
         endpoints = self._endpoint_sets.get(key)
         if endpoints is None:
             endpoints = self._endpoint_sets[key] = EndpointSet(
                 mv.backend_kind, mv.endpoints, mv.backend_model, mv.backend_version,
-                self.backends, self._endpoint_policy,
+                self.backends, self._endpoint_policy, before_checks=self._drop_unbound_sets,
             )
         return endpoints
 
     def _drop_unbound_sets(self) -> None:
-        """After a registry change: stops the health checks of bindings no version has now."""
+        """After a registry change: stops the health checks of bindings no version has now
+        (called on every call and before every health round, so within one health interval)."""
+        if self._sets_generation == self.registry.generation:
+            return
         self._sets_generation = self.registry.generation
         bound = {
             (mv.backend_kind, mv.endpoints, mv.backend_model, mv.backend_version)

@@ -166,8 +166,11 @@ class EndpointSet:
         pool: BackendPool,
         policy: EndpointPolicy,
         clock: Callable[[], float] = time.monotonic,
+        before_checks: Callable[[], None] | None = None,
     ) -> None:
-        """clock (seconds, monotonic) times ejections and deadlines; tests pass their own."""
+        """clock (seconds, monotonic) times ejections and deadlines; tests pass their own.
+        before_checks runs before every periodic health round (the dataplane drops sets whose
+        binding left the registry there)."""
         if not endpoints:
             raise ValueError("an endpoint set needs at least one endpoint")
         self.kind = kind
@@ -175,6 +178,7 @@ class EndpointSet:
         self.version = version
         self.policy = policy
         self._clock = clock
+        self._before_checks = before_checks
         self.endpoints = [Endpoint(a, pool.get(kind, a)) for a in endpoints]
         self.budget = RetryBudget(policy.retry_budget, policy.retry_budget_cap)
         self._next = 0
@@ -283,9 +287,8 @@ class EndpointSet:
 
     def _failed(self, ep: Endpoint, reason: str) -> None:
         """One UNAVAILABLE answer; the last of eject_after_failures in a row ejects it."""
-        ep.reason = f"UNAVAILABLE: {reason}"
         now = self._clock()
-        if now < ep.ejected_until:  # a call sent before the ejection
+        if now < ep.ejected_until:  # a call sent before the ejection: keep the ejection's reason
             return
         ep.failures += 1
         if ep.failures >= self.policy.eject_after_failures:
@@ -329,6 +332,8 @@ class EndpointSet:
     async def _health_loop(self) -> None:
         while True:
             try:
+                if self._before_checks is not None:
+                    self._before_checks()
                 await self.check_health()
             except Exception:  # a bug must not stop the checks
                 log.exception("%s: health check failed", self.name)

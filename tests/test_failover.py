@@ -46,7 +46,7 @@ SIMPLE_TENSORS = {
 @pytest.fixture(scope="module")
 def tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
     """Two real Tritons serving only `simple` (started side by side to save time)."""
-    from devstack.triton import TritonServer, ensure_triton
+    from devstack.triton import TritonServer, ensure_triton, free_ports
 
     # set up once, before the threads (sysconfig's first use is not thread-safe, and a set-up
     # seen as stale by one thread would be redone under the other's running server)
@@ -54,7 +54,18 @@ def tritons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
     repo = tmp_path_factory.mktemp("simple-only")
     shutil.copytree(REPO / "examples" / "triton" / "simple", repo / "simple")
     logs = tmp_path_factory.mktemp("triton-logs")
-    servers = [TritonServer([repo], log_path=logs / f"triton{i}.log", install=install) for i in range(2)]
+    ports = free_ports(6)  # distinct for both servers (each picking its own could collide)
+    servers = [
+        TritonServer(
+            [repo],
+            grpc_port=ports[3 * i],
+            http_port=ports[3 * i + 1],
+            metrics_port=ports[3 * i + 2],
+            log_path=logs / f"triton{i}.log",
+            install=install,
+        )
+        for i in range(2)
+    ]
     errors: list[BaseException] = []
 
     def start(server: Any) -> None:
@@ -129,6 +140,15 @@ def endpoint_ok(rt: RouterThread, endpoint: str) -> float:
     return scrape(rt).get(key, 0.0)
 
 
+def endpoint_calls(rt: RouterThread, endpoint: str) -> float:
+    """tensorgate_endpoint_requests_total of an endpoint, every status code."""
+    return sum(
+        value
+        for (name, labels), value in scrape(rt).items()
+        if name == "tensorgate_endpoint_requests_total" and ("endpoint", endpoint) in labels
+    )
+
+
 def admitted(rt: RouterThread, endpoint: str) -> float | None:
     """tensorgate_endpoint_admitted for the `simple` binding's endpoint (None: not reported)."""
     key = (
@@ -194,9 +214,9 @@ async def test_a_killed_instance_costs_under_one_percent_and_gets_traffic_again_
         await asyncio.to_thread(t1.kill)  # SIGKILL, the whole process group
         marks["killed"] = time.monotonic()
         await asyncio.sleep(2)
-        marks["t1 while down"] = endpoint_ok(router, t1.grpc_address)
+        marks["t1 while down"] = endpoint_calls(router, t1.grpc_address)
         await asyncio.sleep(1)
-        assert endpoint_ok(router, t1.grpc_address) == marks["t1 while down"]  # it got nothing
+        assert endpoint_calls(router, t1.grpc_address) == marks["t1 while down"]  # it got nothing
         await asyncio.to_thread(t1.start)  # the same ports
         marks["restarted"] = time.monotonic()
         await asyncio.to_thread(
@@ -311,6 +331,31 @@ def test_every_endpoint_down_fails_fast_naming_each_endpoint(router: RouterThrea
             assert time.monotonic() - started < DEADLINE_S
         ready = stub.ModelReady(service_pb2.ModelReadyRequest(name="simple-down"), timeout=5)
         assert not ready.ready
+        reported = {labels for name, labels in scrape(router) if name == "tensorgate_endpoint_admitted"}
+        assert any(("endpoint", down[0]) in labels for labels in reported)
+        # once no version has the binding, its endpoints are no longer checked nor reported
+        router.run(router.app.admin.remove("simple-down"))
+        wait_for(
+            lambda: router.app.registry.generation > 0 and not _has_version("simple-down", router),
+            5,
+            "the registry to drop simple-down",
+        )
+        wait_for(
+            lambda: (
+                not any(
+                    ("endpoint", ep) in labels
+                    for name, labels in scrape(router)
+                    for ep in down
+                    if name == "tensorgate_endpoint_admitted"
+                )
+            ),
+            5,
+            "the removed binding's endpoints to leave the gauge",
+        )
+
+
+def _has_version(name: str, rt: RouterThread) -> bool:
+    return any(mv.name == name for mv in rt.app.registry.all())
 
 
 def test_torchserve_endpoint_down_is_retried_around_and_taken_out_by_its_health_check(
