@@ -333,3 +333,33 @@ async def test_a_timeout_is_not_a_failure_but_makes_the_endpoint_checked_at_once
         assert sum(not e.healthy for e in endpoints.endpoints) == 1
     finally:
         await endpoints.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"backend.eject_after_failures": 0}, "backend.eject_after_failures: must be > 0"),
+        ({"backend.health_interval_s": 0}, "backend.health_interval_s: must be > 0"),
+        ({"backend.eject_base_s": -1}, "backend.eject_base_s: must be > 0"),
+        ({"backend.eject_base_s": 5, "backend.eject_max_s": 2}, "backend.eject_max_s: must be >= "),
+        ({"backend.retry_budget": 1.5}, "backend.retry_budget: must be between 0 and 1"),
+        ({"backend.retry_budget_cap": -1}, "backend.retry_budget_cap: must be >= 0"),
+    ],
+)
+def test_endpoint_settings_are_validated_naming_the_key(overrides: dict[str, Any], message: str) -> None:
+    from router.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=message):
+        load(overrides=overrides, environ={})
+
+
+def test_the_policy_follows_the_settings() -> None:
+    from router.config import load
+
+    settings = load(
+        overrides={"backend.eject_after_failures": 2, "backend.retry_budget": 0.5, "backend.eject_max_s": 4},
+        environ={},
+    )
+    policy = EndpointPolicy.from_settings(settings.backend)
+    assert (policy.eject_after_failures, policy.retry_budget, policy.health_interval_s) == (2, 0.5, 2.0)
+    assert [policy.ejection_s(n) for n in range(5)] == [1.0, 2.0, 4.0, 4.0, 4.0]
