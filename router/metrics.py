@@ -90,7 +90,8 @@ class GaugeSource(Protocol):
 
 
 class SourcedGauge(Collector):
-    """A labelled gauge whose samples come from live objects (held weakly) at scrape time."""
+    """A labelled gauge whose samples come from live objects (held weakly) at scrape time;
+    label sets reported by several sources show the lowest value."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
@@ -109,7 +110,8 @@ class SourcedGauge(Collector):
         samples: dict[tuple[str, ...], float] = {}
         for source in list(self._sources):
             for labels, value in source.gauge_samples():
-                samples.setdefault(labels, value)  # one series per label set
+                # one series per label set: the lowest value of the sources reporting it
+                samples[labels] = min(value, samples.get(labels, value))
         for labels, value in samples.items():
             family.add_metric(list(labels), value)
         yield family
@@ -174,7 +176,8 @@ ENDPOINT_EJECTIONS = FastCounter(
 )
 ENDPOINT_ADMITTED = SourcedGauge(
     "tensorgate_endpoint_admitted",
-    "1 when the endpoint takes calls for the backend model, 0 while ejected or failing its health check.",
+    "1 when the endpoint takes calls for the backend model, 0 while ejected or failing its "
+    "health check (in any binding that has it).",
     ["backend", "endpoint", "model"],
 )
 for _collector in (
