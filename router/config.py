@@ -84,6 +84,20 @@ class BackendSettings:
     keepalive_s: float = 30.0
     # Largest message to or from a backend, in bytes.
     max_message_bytes: int = 64 * MiB
+    # Seconds between active health checks of each endpoint of a binding (Triton ModelReady,
+    # TorchServe Ping + a READY worker).
+    health_interval_s: float = 2.0
+    # Consecutive UNAVAILABLE failures of an endpoint that eject it (passive outlier ejection).
+    eject_after_failures: int = 5
+    # First ejection lasts this long, in seconds; each further one without a success in
+    # between doubles it, up to eject_max_s.
+    eject_base_s: float = 1.0
+    eject_max_s: float = 30.0
+    # Retries (of UNAVAILABLE, on another endpoint) allowed per call: each call earns this
+    # many retry tokens, each retry spends one.
+    retry_budget: float = 0.2
+    # Most retry tokens a binding saves up (its retry burst); the bucket starts full.
+    retry_budget_cap: int = 10
 
 
 @dataclass
@@ -273,6 +287,9 @@ def validate(settings: Settings) -> None:
         "backend.control_timeout_s": settings.backend.control_timeout_s,
         "backend.keepalive_s": settings.backend.keepalive_s,
         "backend.max_message_bytes": settings.backend.max_message_bytes,
+        "backend.health_interval_s": settings.backend.health_interval_s,
+        "backend.eject_after_failures": settings.backend.eject_after_failures,
+        "backend.eject_base_s": settings.backend.eject_base_s,
         "limits.max_items": settings.limits.max_items,
         "limits.max_tensors": settings.limits.max_tensors,
         "limits.max_image_bytes": settings.limits.max_image_bytes,
@@ -286,6 +303,15 @@ def validate(settings: Settings) -> None:
     for key, value in positive.items():
         if not value > 0:  # also rejects NaN
             raise ConfigError(f"{key}: must be > 0, got {value}")
+    b = settings.backend
+    if not b.eject_max_s >= b.eject_base_s:
+        raise ConfigError(
+            f"backend.eject_max_s: must be >= backend.eject_base_s ({b.eject_base_s}), got {b.eject_max_s}"
+        )
+    if not 0 <= b.retry_budget <= 1:
+        raise ConfigError(f"backend.retry_budget: must be between 0 and 1, got {b.retry_budget}")
+    if not b.retry_budget_cap >= 0:
+        raise ConfigError(f"backend.retry_budget_cap: must be >= 0, got {b.retry_budget_cap}")
     if not s.grace_period_s >= 0:
         raise ConfigError(f"server.grace_period_s: must be >= 0, got {s.grace_period_s}")
     if settings.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -10,7 +10,6 @@ import asyncio
 import contextvars
 import csv
 import io
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,11 +18,12 @@ from typing import Any
 from tensorgate.v1 import inference_pb2, tensor_pb2
 from tritonclient.grpc import service_pb2
 
-from adapters.base import Backend, BackendPool
+from adapters.base import BackendPool
 from router import context, metrics, tensors, wire
 from router.admission import Limiter
 from router.batching import Batcher
 from router.config import Settings
+from router.endpoints import EndpointPolicy, EndpointSet
 from router.errors import BackendError, BackendUnavailable, InvalidInput, ModelNotFound
 from router.registry import ModelVersion, Registry
 from router.traffic import Policy
@@ -85,7 +85,11 @@ class Dataplane:
         self.registry = registry
         self.backends = backends
         self.ready = False
-        self._rr = itertools.count()
+        # Endpoint sets by binding (kind, endpoints, backend model, backend version): versions
+        # with the same binding share balancing, health and ejection state.
+        self._endpoint_sets: dict[tuple[str, tuple[str, ...], str, str], EndpointSet] = {}
+        self._endpoint_policy = EndpointPolicy.from_settings(settings.backend)
+        self._sets_generation = -1
         # Validated request headers (router.wire.scan_infer_request) -> (model version, raw
         # input sizes, traffic policy); emptied whenever the registry reloads. With a policy,
         # the version is only the one the header was checked against: the policy chooses per call.
@@ -154,13 +158,8 @@ class Dataplane:
         return await self._backend_ready(mv)
 
     async def _backend_ready(self, mv: ModelVersion) -> bool:
-        results = await asyncio.gather(
-            *(
-                self.backends.get(mv.backend_kind, ep).model_ready(mv.backend_model, mv.backend_version)
-                for ep in mv.endpoints
-            )
-        )
-        return any(results)
+        """True when an endpoint of the binding takes calls (health checked, not ejected)."""
+        return await self._endpoints(mv).ready()
 
     async def repository_index(self, ready_only: bool) -> service_pb2.RepositoryIndexResponse:
         """Every routed model version with its backend readiness."""
@@ -180,10 +179,32 @@ class Dataplane:
 
     # -- inference -----------------------------------------------------------------------
 
-    def _pick_backend(self, mv: ModelVersion) -> Backend:
-        """The endpoint for this call (round-robin over the binding's endpoints)."""
-        endpoint = mv.endpoints[next(self._rr) % len(mv.endpoints)]
-        return self.backends.get(mv.backend_kind, endpoint)
+    def _endpoints(self, mv: ModelVersion) -> EndpointSet:
+        """The endpoint set of a version's binding, made on first use (in the running loop)."""
+        self._drop_unbound_sets()
+        key = (mv.backend_kind, mv.endpoints, mv.backend_model, mv.backend_version)
+        endpoints = self._endpoint_sets.get(key)
+        if endpoints is None:
+            endpoints = self._endpoint_sets[key] = EndpointSet(
+                mv.backend_kind, mv.endpoints, mv.backend_model, mv.backend_version,
+                self.backends, self._endpoint_policy, before_checks=self._drop_unbound_sets,
+            )
+        return endpoints
+
+    def _drop_unbound_sets(self) -> None:
+        """After a registry change: stops the health checks of bindings no version has now
+        (called on every call and before every health round, so within one health interval)."""
+        if self._sets_generation == self.registry.generation:
+            return
+        self._sets_generation = self.registry.generation
+        bound = {
+            (mv.backend_kind, mv.endpoints, mv.backend_model, mv.backend_version)
+            for mv in self.registry.all()
+        }
+        for key in [k for k in self._endpoint_sets if k not in bound]:
+            task = asyncio.get_running_loop().create_task(self._endpoint_sets.pop(key).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _timeout(self, timeout: float | None) -> float:
         """The backend call's timeout: the caller's remaining deadline, else the default."""
@@ -370,10 +391,13 @@ class Dataplane:
         if admitted is None:
             admitted = await limiter.acquire(self._timeout(timeout))
         try:
-            backend = self._pick_backend(mv)
+            endpoints = self._endpoints(mv)
             start = time.perf_counter()
             try:
-                response = await backend.infer_bytes(data, self._timeout(timeout))
+                response = await endpoints.call(
+                    lambda backend, remaining: backend.infer_bytes(data, remaining),
+                    self._timeout(timeout),
+                )
             finally:
                 metrics.observe_backend(mv.name, mv.version, mv.backend_kind, time.perf_counter() - start)
         finally:
@@ -446,21 +470,27 @@ class Dataplane:
             await batcher.close()
 
     async def close(self) -> None:
-        """Stops the batchers (calls still waiting in them get UNAVAILABLE)."""
+        """Stops the batchers (calls still waiting in them get UNAVAILABLE) and the endpoint
+        sets' health checks."""
         batchers = [*self._batchers.values(), *self._retired]
         self._batchers, self._retired = {}, []
         for task in [*self._closing, *self._shadows]:
             task.cancel()
         for batcher in batchers:
             await batcher.close()
+        sets, self._endpoint_sets = list(self._endpoint_sets.values()), {}
+        for endpoints in sets:
+            await endpoints.close()
 
     async def _direct_call(
         self, mv: ModelVersion, request: service_pb2.ModelInferRequest, timeout: float | None
     ) -> service_pb2.ModelInferResponse:
-        backend = self._pick_backend(mv)
+        endpoints = self._endpoints(mv)
         start = time.perf_counter()
         try:
-            return await backend.infer(request, self._timeout(timeout))
+            return await endpoints.call(
+                lambda backend, remaining: backend.infer(request, remaining), self._timeout(timeout)
+            )
         finally:
             metrics.observe_backend(mv.name, mv.version, mv.backend_kind, time.perf_counter() - start)
 

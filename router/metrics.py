@@ -12,10 +12,17 @@ on the event-loop thread only; the scrape thread reads a copy taken under the GI
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import REGISTRY, Gauge
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 # Latency buckets in seconds: 250 us .. 30 s.
@@ -74,6 +81,42 @@ class FastHistogram(Collector):
         yield family
 
 
+class GaugeSource(Protocol):
+    """Something that reports gauge samples when scraped."""
+
+    def gauge_samples(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        """(label values, value) pairs, read from the scrape thread."""
+        ...
+
+
+class SourcedGauge(Collector):
+    """A labelled gauge whose samples come from live objects (held weakly) at scrape time;
+    label sets reported by several sources show the lowest value."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
+
+    def add_source(self, source: GaugeSource) -> None:
+        """Reports source's samples until it is dropped or removed."""
+        self._sources.add(source)
+
+    def remove_source(self, source: GaugeSource) -> None:
+        """Stops reporting source's samples."""
+        self._sources.discard(source)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        samples: dict[tuple[str, ...], float] = {}
+        for source in list(self._sources):
+            for labels, value in source.gauge_samples():
+                # one series per label set: the lowest value of the sources reporting it
+                samples[labels] = min(value, samples.get(labels, value))
+        for labels, value in samples.items():
+            family.add_metric(list(labels), value)
+        yield family
+
+
 REQUESTS = FastCounter(
     "tensorgate_requests",
     "Calls answered by the router, by model, version, API method and gRPC status code.",
@@ -115,8 +158,48 @@ SHADOW_REQUESTS = FastCounter(
     "shadow calls in flight).",
     ["model", "version", "result"],
 )
+# Endpoint labels are host:port values of registered bindings: bounded by the registry.
+ENDPOINT_REQUESTS = FastCounter(
+    "tensorgate_endpoint_requests",
+    "Backend calls sent to each endpoint, by backend kind, endpoint and status code (retries included).",
+    ["backend", "endpoint", "code"],
+)
+ENDPOINT_RETRIES = FastCounter(
+    "tensorgate_endpoint_retries",
+    "Calls retried on another endpoint after an endpoint answered UNAVAILABLE, by backend kind "
+    "and the endpoint that failed.",
+    ["backend", "endpoint"],
+)
+ENDPOINT_RETRIES_DENIED = FastCounter(
+    "tensorgate_endpoint_retries_denied",
+    "UNAVAILABLE calls not retried because the binding's retry budget was spent, by backend kind.",
+    ["backend"],
+)
+ENDPOINT_EJECTIONS = FastCounter(
+    "tensorgate_endpoint_ejections",
+    "Endpoints taken out of balancing, by backend kind, endpoint and reason (failures: "
+    "consecutive UNAVAILABLE answers; health: a failed health check).",
+    ["backend", "endpoint", "reason"],
+)
+ENDPOINT_ADMITTED = SourcedGauge(
+    "tensorgate_endpoint_admitted",
+    "1 when the endpoint takes calls for the backend model, 0 while ejected or failing its "
+    "health check (in any binding that has it).",
+    ["backend", "endpoint", "model"],
+)
 for _collector in (
-    REQUESTS, REQUEST_LATENCY, BACKEND_LATENCY, BATCH_ROWS, QUEUE_WAIT, BATCHES, SHADOW_REQUESTS
+    REQUESTS,
+    REQUEST_LATENCY,
+    BACKEND_LATENCY,
+    BATCH_ROWS,
+    QUEUE_WAIT,
+    BATCHES,
+    ENDPOINT_REQUESTS,
+    ENDPOINT_RETRIES,
+    ENDPOINT_RETRIES_DENIED,
+    ENDPOINT_EJECTIONS,
+    ENDPOINT_ADMITTED,
+    SHADOW_REQUESTS,
 ):
     REGISTRY.register(_collector)
 
