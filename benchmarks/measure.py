@@ -38,6 +38,10 @@ class Spec:
     rate_factor: float = 1.0
     # the load generator's per-call deadline, seconds (None: its default)
     timeout_s: float | None = None
+    # measured seconds of this cell (None: the suite's --duration)
+    duration_s: float | None = None
+    # what the suite does to the servers during the window: "kill-restart" (failover group)
+    disrupt: str | None = None
 
     @property
     def load(self) -> str:

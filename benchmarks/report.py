@@ -27,6 +27,7 @@ REST_GOALS = (
 )
 GOODPUT_GOAL = 0.9  # answered calls per second at 2x capacity / capacity
 REFUSAL_P99_GOAL_MS = 5.0  # p99 time to refuse a call under overload
+FAILOVER_ERRORS_GOAL = 0.01  # failed / all calls while one of two backends is killed
 SATURATED = 0.9  # cores: a single-threaded process (router, load generator) this busy is the limit
 
 
@@ -160,7 +161,37 @@ def evaluate(cells: Sequence[Cell], *, batch_delay_ms: float, service_ms: float)
         )
     goals += _rest_goals(cells)
     goals += _overload_goals(cells)
+    goals += _failover_goals(cells)
     return goals
+
+
+def _failover_goals(cells: Sequence[Cell]) -> list[Goal]:
+    """Failed calls, the slowest call and the restarted backend's share (the failover group)."""
+    cell = next((c for c in cells if c.spec.group == "failover" and c.result), None)
+    if cell is None:
+        return []
+    errors = cell.result.get("errors", {})
+    failed = sum(errors.values())
+    total = failed + int(cell.result.get("requests", 0))
+    share = failed / total if total else None
+    record = cell.result.get("failover", {})
+    deadline_ms = (cell.spec.timeout_s or 10.0) * 1000
+    slowest = max(
+        [cell.result.get("latency_ms", {}).get("max", 0.0)]
+        + [stats.get("max", 0.0) for stats in cell.result.get("error_latency_ms", {}).values()]
+    )
+    back = record.get("calls_after_back")
+    return [
+        Goal("failover", "failed calls, one of two Tritons SIGKILLed", share,
+             f"≤ {FAILOVER_ERRORS_GOAL:.0%}", None if share is None else share <= FAILOVER_ERRORS_GOAL,
+             f"{failed} of {total} ({', '.join(f'{k} {v}' for k, v in sorted(errors.items())) or 'none'})"
+             f"; killed {record.get('killed_at_s', '?')} s into the window, back after "
+             f"{record.get('back_after_s', '?')} s"),
+        Goal("failover", "slowest call (ms)", slowest, f"≤ {deadline_ms:g} (the deadline)",
+             slowest <= deadline_ms, f"p99 {_fmt(cell.p('p99'))} ms"),
+        Goal("failover", "calls to the restarted Triton once back", back, "> 0",
+             None if back is None else back > 0, "it is health-checked back into balancing"),
+    ]  # fmt: skip
 
 
 def _overload_goals(cells: Sequence[Cell]) -> list[Goal]:

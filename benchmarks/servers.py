@@ -210,6 +210,7 @@ class Target:
     pid: int | None = None
     error: str | None = None
     http_address: str | None = None  # host:port of its HTTP port (the REST binding), if known
+    metrics_address: str | None = None  # host:port of its Prometheus /metrics (the router's)
 
 
 @contextlib.contextmanager
@@ -257,6 +258,45 @@ def triton(existing: str | None, workdir: Path, existing_http: str | None = None
     finally:
         log("stopping Triton")
         server.stop()
+
+
+@contextlib.contextmanager
+def standby_triton(workdir: Path) -> Iterator[Any]:
+    """A second Triton serving only `simple`, for the failover group: yields the devstack
+    TritonServer (the suite kills and restarts it), stopped after."""
+    import shutil
+
+    from devstack.triton import TritonServer, ensure_triton
+
+    repo = workdir / "standby-models"
+    shutil.copytree(REPO_ROOT / "examples" / "triton" / "simple", repo / "simple", dirs_exist_ok=True)
+    server = TritonServer([repo], log_path=workdir / "triton-standby.log", install=ensure_triton(log=log))
+    log("starting the standby Triton (failover group)")
+    try:
+        try:
+            server.start()
+        except RuntimeError as err:
+            raise SetupError(f"cannot start the standby Triton: {err}") from err
+        log(f"standby Triton ready at {server.grpc_address} (pid {server.pid})")
+        yield server
+    finally:
+        server.stop()
+
+
+def scrape(address: str, metric: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of one metric family on a Prometheus endpoint, by their label pairs."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
 
 
 @contextlib.contextmanager
@@ -357,6 +397,9 @@ def router(
             return
         http_address = f"127.0.0.1:{http_port}"
         log(f"router ready at {address}, HTTP {http_address} (pid {proc.pid})")
-        yield Target("router", address, proc.pid, http_address=http_address)
+        yield Target(
+            "router", address, proc.pid, http_address=http_address,
+            metrics_address=f"127.0.0.1:{metrics_port}",
+        )  # fmt: skip
     finally:
         stop_process(proc, "router")

@@ -42,6 +42,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +59,9 @@ from benchmarks.servers import (
     log,
     proxy,
     router,
+    scrape,
     server_version,
+    standby_triton,
     torchserve,
     triton,
 )
@@ -67,7 +70,15 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 BENCH_MODELS = REPO_ROOT / "benchmarks" / "models.yaml"
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models.yaml"
 FIXED_COST_CONFIG = REPO_ROOT / "benchmarks" / "models" / "triton" / "fixed_cost" / "config.pbtxt"
-GROUPS = ("overhead", "payload", "batching", "openloop", "transforms", "torchserve", "http", "overload")
+GROUPS = (
+    "overhead", "payload", "batching", "openloop", "transforms", "torchserve", "http", "overload",
+    "failover",
+)  # fmt: skip
+# the failover group: `simple` on two Tritons, open loop; one is SIGKILLed a quarter into the
+# window and restarted at once
+FAILOVER_RATE = 400.0
+FAILOVER_TIMEOUT_S = 2.0
+FAILOVER_DURATION_S = 12.0
 # the overload group's deadline per call: a call answered later than this is no use to its caller
 OVERLOAD_TIMEOUT_S = 1.0
 DEFAULT_SIZES = ("64", "64KiB", "1MiB", "4MiB")
@@ -134,7 +145,71 @@ def specs_for(groups: list[str], sizes: list[str], rates: list[float]) -> list[S
                 Spec("overload", scenario, "router", "fixed_cost", model, rate_of="capacity",
                      rate_factor=2.0, timeout_s=OVERLOAD_TIMEOUT_S)
             )  # fmt: skip
+    if "failover" in groups:
+        specs.append(
+            Spec("failover", "kill one of two Tritons", "router", "simple", "simple_ha",
+                 rate=FAILOVER_RATE, timeout_s=FAILOVER_TIMEOUT_S, duration_s=FAILOVER_DURATION_S,
+                 disrupt="kill-restart")
+        )  # fmt: skip
     return specs
+
+
+def failover_registration(workdir: Path) -> Path:
+    """The failover group's model: `simple` bound to the main and the standby Triton."""
+    path = workdir / "failover.yaml"
+    path.write_text(
+        "models:\n"
+        "  - name: simple_ha\n"
+        "    version: '1'\n"
+        "    backend:\n"
+        "      kind: triton\n"
+        "      model: simple\n"
+        "      endpoints: ['${TENSORGATE_BENCH_TRITON}', '${TENSORGATE_BENCH_TRITON_B}']\n"
+    )
+    return path
+
+
+def _calls_to(router: Target, endpoint: str) -> float:
+    """Backend calls the router sent to an endpoint so far (every status code)."""
+    if router.metrics_address is None:
+        return 0.0
+    samples = scrape(router.metrics_address, "tensorgate_endpoint_requests_total")
+    return sum(v for labels, v in samples.items() if dict(labels).get("endpoint") == endpoint)
+
+
+def run_with_failover(
+    spec: Spec,
+    address: str | None,
+    duration: float,
+    warmup: float,
+    servers: dict[str, int],
+    standby: Any,
+    router: Target,
+    unavailable: str,
+) -> Cell:
+    """run_cell, while the standby Triton is SIGKILLed a quarter into the window and restarted at
+    once; records how long it was gone and how many calls it got once back."""
+    record: dict[str, float] = {}
+    endpoint = standby.grpc_address
+
+    def disrupt() -> None:
+        time.sleep(warmup + duration * 0.25)
+        record["killed_at_s"] = round(duration * 0.25, 2)
+        started = time.monotonic()
+        standby.kill()
+        standby.restart()
+        record["back_after_s"] = round(time.monotonic() - started, 2)
+        record["calls_when_back"] = _calls_to(router, endpoint)
+
+    thread = threading.Thread(target=disrupt, name="failover", daemon=True)
+    thread.start()
+    cell = run_cell(spec, address, duration, warmup, servers, unavailable=unavailable)
+    thread.join(timeout=180)
+    if "calls_when_back" in record:
+        record["calls_after_back"] = _calls_to(router, endpoint) - record.pop("calls_when_back")
+    if cell.result:
+        cell.result["failover"] = record
+    return cell
 
 
 def address_for(target: Target, spec: Spec) -> tuple[str | None, str]:
@@ -296,12 +371,18 @@ def main(argv: list[str] | None = None) -> int:
                 if targets["torchserve"].address is not None:
                     backends.add("torchserve")
                     env["TENSORGATE_EXAMPLE_TORCHSERVE"] = targets["torchserve"].address
+            standby = None
+            registrations = [BENCH_MODELS]
+            if "failover" in groups:
+                standby = stack.enter_context(standby_triton(workdir))
+                env["TENSORGATE_BENCH_TRITON_B"] = standby.grpc_address
+                registrations.append(failover_registration(workdir))
             if "router" in needed:
                 from devstack.examples import prepare
 
                 env["TENSORGATE_MINILM_TOKENIZER"] = str(prepare())
                 examples = example_registration(workdir, backends)
-                targets["router"] = stack.enter_context(router(workdir, [examples, BENCH_MODELS], env))
+                targets["router"] = stack.enter_context(router(workdir, [examples, *registrations], env))
             servers = {name: t.pid for name, t in targets.items() if t.pid is not None}
             total, clock = args.rounds * len(specs), time.monotonic()
             log(f"{total} cells of {args.warmup:g}+{args.duration:g} s: groups {', '.join(groups)}")
@@ -311,7 +392,13 @@ def main(argv: list[str] | None = None) -> int:
                     if spec.rate_of is not None:
                         spec, why = relative_rate(spec, [c for c in cells if c.round == round_no])
                         address = address if spec.rate is not None else None
-                    cell = run_cell(spec, address, args.duration, args.warmup, servers, unavailable=why)
+                    duration = spec.duration_s or args.duration
+                    if spec.disrupt == "kill-restart" and standby is not None:
+                        cell = run_with_failover(
+                            spec, address, duration, args.warmup, servers, standby, targets["router"], why
+                        )
+                    else:
+                        cell = run_cell(spec, address, duration, args.warmup, servers, unavailable=why)
                     cell.round = round_no
                     cells.append(cell)
                     _log_cell(cell, len(cells), total, clock)

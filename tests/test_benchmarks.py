@@ -773,3 +773,26 @@ def test_overload_goals_read_goodput_and_refusal_time() -> None:
     goals = {g.what: g for g in report.evaluate([capacity, over], batch_delay_ms=2, service_ms=10)}
     assert goals["goodput at 2x capacity / capacity"].ok is False
     assert goals["refused calls at 2x capacity, p99 (ms)"].ok is False
+
+
+def test_failover_goals_count_failures_the_slowest_call_and_the_comeback() -> None:
+    from benchmarks.suite import specs_for
+
+    (spec,) = specs_for(["failover"], [], [])
+    assert (spec.disrupt, spec.timeout_s, spec.model) == ("kill-restart", 2.0, "simple_ha")
+    result = {
+        "throughput_rps": 390.0, "requests": 4680, "latency_ms": {"p99": 4.0, "max": 30.0},
+        "errors": {"UNAVAILABLE": 20}, "error_total": 20,
+        "error_latency_ms": {"UNAVAILABLE": {"max": 2100.0}},
+        "failover": {"killed_at_s": 3.0, "back_after_s": 1.4, "calls_after_back": 900.0},
+    }  # fmt: skip
+    goals = {g.what: g for g in report.evaluate([Cell(spec, result=result)], batch_delay_ms=2, service_ms=10)}
+    failed = goals["failed calls, one of two Tritons SIGKILLed"]
+    assert failed.value == pytest.approx(20 / 4700) and failed.ok is True
+    assert "UNAVAILABLE 20" in failed.detail and "back after 1.4 s" in failed.detail
+    slowest = goals["slowest call (ms)"]  # a failed call that took past the deadline counts too
+    assert slowest.value == 2100.0 and slowest.ok is False
+    assert goals["calls to the restarted Triton once back"].ok is True
+    result["failover"] = {"killed_at_s": 3.0}  # never came back
+    goals = {g.what: g for g in report.evaluate([Cell(spec, result=result)], batch_delay_ms=2, service_ms=10)}
+    assert goals["calls to the restarted Triton once back"].ok is None
