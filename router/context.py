@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+# The metadata key / HTTP header both fronts read a client's request id from and answer it in.
+REQUEST_ID_KEY = "x-request-id"
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _PREFIX = os.urandom(8).hex()
 _COUNTER = itertools.count(1)
 
@@ -20,6 +24,13 @@ _COUNTER = itertools.count(1)
 def new_request_id() -> str:
     """A 32-hex-digit id: random per process, then a counter (cheaper than uuid4 per call)."""
     return f"{_PREFIX}{next(_COUNTER):016x}"
+
+
+def request_id_for(client_value: object) -> str:
+    """A call's request id: the client's own when it is sane (1-128 of A-Za-z0-9._:-), else new."""
+    if isinstance(client_value, str) and _CLIENT_ID.match(client_value):
+        return client_value
+    return new_request_id()
 
 
 @dataclass(slots=True)

@@ -5,6 +5,11 @@ No transport codes live here: router.grpc.errors and (later) router.http map eve
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class TensorgateError(Exception):
     """Base class of errors whose message is safe to show to the client."""
@@ -52,3 +57,12 @@ class Unauthenticated(TensorgateError):
 
 class Unimplemented(TensorgateError):
     """The request asks for something this router does not do (yet)."""
+
+
+def mapped(error: TensorgateError, table: Mapping[type[TensorgateError], T], default: T) -> T:
+    """A front's status for an error: the value of its nearest class in the front's table."""
+    for cls in type(error).__mro__:
+        value = table.get(cls)
+        if value is not None:
+            return value
+    return default

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -23,8 +22,7 @@ from router.logs import access
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_KEY = "x-request-id"
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+REQUEST_ID_KEY = context.REQUEST_ID_KEY
 
 # The one mapping of router errors to gRPC status codes.
 STATUS: dict[type[errors.TensorgateError], grpc.StatusCode] = {
@@ -43,11 +41,7 @@ STATUS: dict[type[errors.TensorgateError], grpc.StatusCode] = {
 
 def status_of(error: errors.TensorgateError) -> grpc.StatusCode:
     """The gRPC status code of a router error (its nearest mapped class)."""
-    for cls in type(error).__mro__:
-        code = STATUS.get(cls)  # type: ignore[call-overload]
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+    return errors.mapped(error, STATUS, grpc.StatusCode.INTERNAL)
 
 
 class CallTracker:
@@ -128,18 +122,12 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: S
         serialize = _serializer(message_factory.GetMessageClass(m.output_type))
         behavior = getattr(servicer, m.name)
         if m.client_streaming and m.server_streaming:
-            handlers[m.name] = grpc.stream_stream_rpc_method_handler(
-                behavior, response_serializer=serialize
-            )
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(behavior, response_serializer=serialize)
         elif not m.client_streaming and not m.server_streaming:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
-                behavior, response_serializer=serialize
-            )
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(behavior, response_serializer=serialize)
         else:
             raise NotImplementedError(f"{service.full_name}/{m.name}: unsupported streaming kind")
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     # Registered methods are matched by grpc's core instead of a Python lookup per call.
     server.add_registered_method_handlers(service.full_name, handlers)
 
@@ -155,13 +143,9 @@ def failure(e: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def _begin(ctx: grpc.aio.ServicerContext) -> context.CallContext:
     """Starts a call: its request id (the client's x-request-id when sane), in trailing metadata."""
-    rid = None
     metadata = ctx.invocation_metadata() or ()
-    for key, value in metadata:
-        if key == REQUEST_ID_KEY and isinstance(value, str) and _CLIENT_ID.match(value):
-            rid = value
-            break
-    call = context.CallContext(rid or context.new_request_id(), metadata=metadata)
+    client_id = next((value for key, value in metadata if key == REQUEST_ID_KEY), None)
+    call = context.CallContext(context.request_id_for(client_id), metadata=metadata)
     # Each gRPC call runs in its own task and context, so no reset is needed.
     context.current.set(call)
     ctx.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
@@ -177,8 +161,14 @@ def _finish(call: context.CallContext, method: str, code: grpc.StatusCode, start
     name = _CODE_NAMES[code]
     metrics.observe_call(call.model, call.version, method, name, seconds)
     if access.isEnabledFor(logging.INFO):
-        access.info("%s model=%s:%s code=%s %.2fms", method, call.model or "-",
-                    call.version or "-", name, seconds * 1000)
+        access.info(
+            "%s model=%s:%s code=%s %.2fms",
+            method,
+            call.model or "-",
+            call.version or "-",
+            name,
+            seconds * 1000,
+        )
 
 
 def _cancelled_code(ctx: grpc.aio.ServicerContext) -> grpc.StatusCode:

@@ -18,7 +18,6 @@ import collections
 import http
 import json
 import logging
-import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -34,8 +33,7 @@ from router.logs import access
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+REQUEST_ID_HEADER = context.REQUEST_ID_KEY
 
 # The one mapping of router errors to HTTP statuses.
 STATUS: dict[type[errors.TensorgateError], int] = {
@@ -58,11 +56,7 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 
 def status_of(error: errors.TensorgateError) -> int:
     """The HTTP status of a router error (its nearest mapped class)."""
-    for cls in type(error).__mro__:
-        status = STATUS.get(cls)  # type: ignore[call-overload]
-        if status is not None:
-            return status
-    return 500
+    return errors.mapped(error, STATUS, 500)
 
 
 def error_body(message: str, request_id: str) -> bytes:
@@ -145,10 +139,8 @@ class HttpServer:
     async def dispatch(self, request: Request) -> tuple[Response, str]:
         """Serves one request (never raises but CancelledError): the response and request id."""
         start = time.perf_counter()
-        rid = request.headers.get(REQUEST_ID_HEADER)
         call = context.CallContext(
-            rid if rid is not None and _CLIENT_ID.match(rid) else context.new_request_id(),
-            metadata=request.headers,
+            context.request_id_for(request.headers.get(REQUEST_ID_HEADER)), metadata=request.headers
         )
         context.current.set(call)  # each connection's requests run in its own task
         name, entered = "-", False
