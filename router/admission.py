@@ -6,10 +6,10 @@ the router's memory until their deadline has long passed and the backend then wo
 nobody reads, so goodput collapses exactly when load is highest. A `Limiter` keeps at most
 `max_inflight` calls of a version at its backend and at most `max_queued` waiting for a slot, in
 arrival order. A call is refused at once (Overloaded, RESOURCE_EXHAUSTED / 429) when the queue is
-full or when the wait it would face, estimated from recent service times, is longer than its
-remaining deadline; a queued call whose deadline passes leaves the queue unsent
-(DeadlineExceeded). Refusing costs a few microseconds, so the backend's capacity goes to calls
-that can still be answered in time.
+full or when the wait it would face plus its own service time, both estimated from recent
+service times, is longer than its remaining deadline; a queued call whose deadline passes
+leaves the queue unsent (DeadlineExceeded). Refusing costs a few microseconds, so the
+backend's capacity goes to calls that can still be answered in time.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ class Limiter:
     async def acquire(self, timeout: float | None) -> float:
         """Takes a slot, waiting at most timeout seconds; returns the start time for release().
 
-        Overloaded at once when the queue is full or the expected wait exceeds timeout;
-        DeadlineExceeded when the timeout passes in the queue (the call was never sent).
+        Overloaded at once when the queue is full or the expected wait plus a service time
+        exceeds timeout; DeadlineExceeded when the timeout passes in the queue (the call was never sent).
         """
         if self.inflight < self.max_inflight and not self._waiters:
             self.inflight += 1
@@ -80,11 +80,11 @@ class Limiter:
                 f"limits.max_queued_per_version={self.max_queued}; retry later"
             )
         wait = self.expected_wait()
-        if timeout is not None and wait > timeout:
+        if timeout is not None and wait + self.service_s > timeout:
             raise Overloaded(
                 f"model {self.name}: a slot is expected in {wait * 1000:.0f} ms ({len(self._waiters)} "
-                f"calls waiting), after the call's deadline in {max(timeout, 0) * 1000:.0f} ms; "
-                "retry later"
+                f"calls waiting) and a call takes {self.service_s * 1000:.0f} ms, past the call's "
+                f"deadline in {max(timeout, 0) * 1000:.0f} ms; retry later"
             )
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
