@@ -122,6 +122,11 @@ class LimitSettings:
     # by their batching queue instead).
     max_inflight_per_version: int = 64
     max_queued_per_version: int = 1024
+    # Versions without admission.max_inflight lower their limit while their backend calls show a
+    # queue at the backend (slower than twice the fastest recent ones), down to one; calls faster
+    # than adaptive_floor_ms on average never lower it (a busy CPU slows fast calls too).
+    adaptive_inflight: bool = True
+    adaptive_floor_ms: float = 20.0
 
 
 @dataclass
@@ -268,8 +273,11 @@ def transform_limits(settings: Settings) -> TransformLimits:
 def validate(settings: Settings) -> None:
     """Rejects values that cannot work, naming the key."""
     s = settings.server
-    for key, port in (("grpc_port", s.grpc_port), ("http_port", s.http_port),
-                      ("metrics_port", s.metrics_port)):
+    for key, port in (
+        ("grpc_port", s.grpc_port),
+        ("http_port", s.http_port),
+        ("metrics_port", s.metrics_port),
+    ):
         if not 0 <= port <= 65535:
             raise ConfigError(f"server.{key}: {port} is not a port number (0-65535)")
     positive = {
@@ -299,6 +307,7 @@ def validate(settings: Settings) -> None:
         "limits.max_table_columns": settings.limits.max_table_columns,
         "limits.max_inflight_per_version": settings.limits.max_inflight_per_version,
         "limits.max_queued_per_version": settings.limits.max_queued_per_version,
+        "limits.adaptive_floor_ms": settings.limits.adaptive_floor_ms,
     }
     for key, value in positive.items():
         if not value > 0:  # also rejects NaN
@@ -315,5 +324,4 @@ def validate(settings: Settings) -> None:
     if not s.grace_period_s >= 0:
         raise ConfigError(f"server.grace_period_s: must be >= 0, got {s.grace_period_s}")
     if settings.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"log.level: expected DEBUG, INFO, WARNING or ERROR, got "
-                          f"{settings.log.level!r}")
+        raise ConfigError(f"log.level: expected DEBUG, INFO, WARNING or ERROR, got {settings.log.level!r}")

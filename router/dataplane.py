@@ -186,8 +186,13 @@ class Dataplane:
         endpoints = self._endpoint_sets.get(key)
         if endpoints is None:
             endpoints = self._endpoint_sets[key] = EndpointSet(
-                mv.backend_kind, mv.endpoints, mv.backend_model, mv.backend_version,
-                self.backends, self._endpoint_policy, before_checks=self._drop_unbound_sets,
+                mv.backend_kind,
+                mv.endpoints,
+                mv.backend_model,
+                mv.backend_version,
+                self.backends,
+                self._endpoint_policy,
+                before_checks=self._drop_unbound_sets,
             )
         return endpoints
 
@@ -426,11 +431,18 @@ class Dataplane:
         limits = self.settings.limits
         inflight = mv.admission[0] or limits.max_inflight_per_version
         queued = mv.admission[1] or limits.max_queued_per_version
+        adaptive = limits.adaptive_inflight and not mv.admission[0]  # explicit limits stay
+        floor = limits.adaptive_floor_ms / 1000 if adaptive else None
         limiter = self._limiters.get((mv.name, mv.version))
         if limiter is None:
-            limiter = Limiter(f"{mv.name}:{mv.version}", inflight, queued)
+            limiter = Limiter(f"{mv.name}:{mv.version}", inflight, queued, floor)
             self._limiters[(mv.name, mv.version)] = limiter
-        elif limiter.max_inflight != inflight or limiter.max_queued != queued:
+        elif (limiter.max_inflight, limiter.max_queued, limiter.adaptive_floor_s) != (
+            inflight,
+            queued,
+            floor,
+        ):
+            limiter.adaptive_floor_s = floor
             limiter.resize(inflight, queued)
         return limiter
 

@@ -25,8 +25,8 @@ async def test_slots_then_queue_then_refusal_in_arrival_order() -> None:
     assert (lim.inflight, lim.queued) == (2, 2)
     with pytest.raises(
         Overloaded,
-        match=r"2 calls at the backend and 2 waiting reach "
-        r"limits.max_inflight_per_version=2",
+        match=r"2 calls at the backend and 2 waiting reach the limits "
+        r"\(limits.max_inflight_per_version=2, limits.max_queued_per_version=2\)",
     ):
         await lim.acquire(None)
     lim.release(a)
@@ -106,3 +106,54 @@ async def test_resize_gives_new_slots_to_waiting_calls() -> None:
     for s in (held, *started):
         lim.release(s)
     assert lim.inflight == 0
+
+
+def _serial_backend(lim: Limiter, service_s: float, rounds: int) -> list[int]:
+    """Feeds the limiter the call times of a backend serving one call at a time with `cap` calls
+    outstanding (each waits for those ahead of it); the limit after each window."""
+    caps = []
+    for _ in range(rounds):
+        lim._window_queued = True  # callers are queueing in the router: the limit binds
+        for _ in range(max(16, lim.cap)):
+            lim.observe(lim.cap * service_s)
+        caps.append(lim.cap)
+    return caps
+
+
+def test_adaptive_limit_comes_down_to_what_a_queueing_backend_serves() -> None:
+    lim = Limiter("m:1", max_inflight=64, max_queued=100, adaptive_floor_s=0.02)
+    lim.observe(0.010)  # one call alone: the backend's own 10 ms
+    caps = _serial_backend(lim, 0.010, 12)
+    assert caps[0] < 64  # down after the first window
+    assert 1 <= caps[-1] <= 4  # 10 ms per call, 20 ms tolerated: a couple at the backend
+    assert "adapted to" in lim._limits_text()
+
+
+def test_fast_calls_slowed_by_the_cpu_never_lower_the_limit() -> None:
+    lim = Limiter("m:1", max_inflight=64, max_queued=100, adaptive_floor_s=0.02)
+    lim.observe(0.0004)
+    for _ in range(10):
+        for _ in range(64):
+            lim.observe(0.008)  # 20x the fastest, but under the 20 ms floor
+    assert lim.cap == 64
+
+
+def test_adaptive_limit_grows_back_when_the_queue_is_gone() -> None:
+    lim = Limiter("m:1", max_inflight=64, max_queued=100, adaptive_floor_s=0.02)
+    lim.observe(0.010)
+    _serial_backend(lim, 0.010, 12)
+    low = lim.cap
+    for _ in range(30):  # the backend got capacity: calls take their own 10 ms again
+        lim._window_queued = True
+        for _ in range(max(16, lim.cap)):
+            lim.observe(0.010)
+    assert lim.cap > low and lim.cap == 64
+
+
+def test_explicit_limits_do_not_adapt() -> None:
+    lim = Limiter("m:1", max_inflight=8, max_queued=100)  # no floor: not adaptive
+    held = [lim.try_acquire() for _ in range(8)]
+    for s in held:
+        assert s is not None
+        lim.release(s - 1.0)  # every call took a second
+    assert lim.cap == 8

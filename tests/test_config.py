@@ -250,7 +250,7 @@ def test_keys_lists_every_field() -> None:
         for f in dataclasses.fields(getattr(Settings(), section.name))
     ]
     assert [k for k, _, _ in listed] == expected
-    assert len(listed) == 37
+    assert len(listed) == 39
     as_dict = {k: (default, kind) for k, default, kind in listed}
     assert as_dict["server.grpc_port"] == (8500, "int")
     assert as_dict["backend.keepalive_s"] == (30.0, "float")
