@@ -194,6 +194,12 @@ SIMPLE_OK = {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [0
         ),
         (json.dumps({"inputs": [SIMPLE_OK]}).encode(), 400, "missing input(s) INPUT0"),
         (b"[" * 5000 + b"]" * 5000, 400, "nests 5000 levels deep; http.max_json_depth=32"),
+        (json.dumps({"inputs": [], "parameters": 5}).encode(), 400,
+         "parameters must be a JSON object, got int"),
+        (json.dumps({"inputs": [{**SIMPLE_OK, "parameters": [1]}]}).encode(), 400,
+         "input 'INPUT1': parameters must be a JSON object, got list"),
+        (json.dumps({"inputs": [SIMPLE_OK], "outputs": [{"name": "OUTPUT0", "parameters": 5}]})
+         .encode(), 400, "output 'OUTPUT0': parameters must be a JSON object, got int"),
     ],
 )
 def test_bad_json_requests_are_400_naming_the_problem(

@@ -66,9 +66,12 @@ def _parameters_json(params: Any) -> dict[str, object]:
     return out
 
 
-def _object(where: str, value: object, allowed: frozenset[str]) -> dict[str, Any]:
+def _object(where: str, value: object, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+    """value as a JSON object; with `allowed`, one whose keys are all allowed."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{where} must be a JSON object, got {type(value).__name__}")
+    if allowed is None:
+        return value
     unknown = value.keys() - allowed
     if unknown:
         raise InvalidInput(
@@ -103,7 +106,7 @@ def decode_infer(
     request = service_pb2.ModelInferRequest(model_name=name, model_version=version)
     if "id" in head:
         request.id = _typed("id", head["id"], str, "a string")
-    params = _object("parameters", head.get("parameters", {}), frozenset(head.get("parameters", {})))
+    params = _object("parameters", head.get("parameters", {}))
     binary_default = False
     for key, value in params.items():
         if key == "binary_data_output":
@@ -128,9 +131,7 @@ def decode_infer(
             raise InvalidInput(f"{where}: shape {shape} must hold non-negative int64 sizes")
         t.shape.extend(shape)
         size = None
-        item_params = _object(
-            f"{where}: parameters", item.get("parameters", {}), frozenset(item.get("parameters", {}))
-        )
+        item_params = _object(f"{where}: parameters", item.get("parameters", {}))
         for key, value in item_params.items():
             if key == "binary_data_size":
                 size = _typed(f"{where}: binary_data_size", value, int, "an integer")
@@ -162,11 +163,7 @@ def decode_infer(
         item = _object(f"outputs[{i}]", raw_output, _OUTPUT_KEYS)
         out = request.outputs.add()
         out.name = _typed(f"outputs[{i}].name", item.get("name"), str, "a string")
-        out_params = _object(
-            f"output {out.name!r}: parameters",
-            item.get("parameters", {}),
-            frozenset(item.get("parameters", {})),
-        )
+        out_params = _object(f"output {out.name!r}: parameters", item.get("parameters", {}))
         binary_out = binary_default
         for key, value in out_params.items():
             if key == "binary_data":
