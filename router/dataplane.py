@@ -99,7 +99,9 @@ class Dataplane:
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._retired: list[Batcher] = []
         # Admission limiters of unbatched versions by (model, version) (router.admission).
-        self._limiters: dict[tuple[str, str], Limiter] = {}
+        # Each with the ModelVersion it was last sized for: the registry keeps that object while
+        # the record is unchanged, so a call checks identity rather than recomputing limits.
+        self._limiters: dict[tuple[str, str], tuple[ModelVersion, Limiter]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._shadows: set[asyncio.Task[None]] = set()
 
@@ -428,22 +430,27 @@ class Dataplane:
     def _limiter(self, mv: ModelVersion) -> Limiter:
         """The admission limiter of an unbatched model version (router.admission), made on first
         use; a changed registration resizes it in place, so calls in flight stay counted."""
+        key = (mv.name, mv.version)
+        entry = self._limiters.get(key)
+        if entry is not None and entry[0] is mv:
+            return entry[1]
         limits = self.settings.limits
         inflight = mv.admission[0] or limits.max_inflight_per_version
         queued = mv.admission[1] or limits.max_queued_per_version
         adaptive = limits.adaptive_inflight and not mv.admission[0]  # explicit limits stay
         floor = limits.adaptive_floor_ms / 1000 if adaptive else None
-        limiter = self._limiters.get((mv.name, mv.version))
-        if limiter is None:
+        if entry is None:
             limiter = Limiter(f"{mv.name}:{mv.version}", inflight, queued, floor)
-            self._limiters[(mv.name, mv.version)] = limiter
-        elif (limiter.max_inflight, limiter.max_queued, limiter.adaptive_floor_s) != (
-            inflight,
-            queued,
-            floor,
-        ):
-            limiter.adaptive_floor_s = floor
-            limiter.resize(inflight, queued)
+        else:
+            limiter = entry[1]
+            if (limiter.max_inflight, limiter.max_queued, limiter.adaptive_floor_s) != (
+                inflight,
+                queued,
+                floor,
+            ):
+                limiter.adaptive_floor_s = floor
+                limiter.resize(inflight, queued)
+        self._limiters[key] = (mv, limiter)
         return limiter
 
     def _batcher(self, mv: ModelVersion) -> Batcher:

@@ -78,7 +78,7 @@ def test_admission_limits_refuse_the_excess_at_once(triton: Any, tmp_path: Path)
         assert max(ok) < DEADLINE_S + 0.2
         # the refusal names the model and the limit
         assert any("model fixed:1" in m and "max_inflight_per_version=1" in m for m in messages)
-        limiter = rt.app.dataplane._limiters[("fixed", "1")]
+        limiter = rt.app.dataplane._limiters[("fixed", "1")][1]
         assert (limiter.inflight, limiter.queued) == (0, 0)
     finally:
         rt.stop()
@@ -94,7 +94,7 @@ def test_without_explicit_limits_the_settings_apply(triton: Any, tmp_path: Path)
         outcomes = asyncio.run(_burst(rt.address, 40))
         assert sum(code == "OK" for code, _ in outcomes) >= 5
         assert sum(code == "StatusCode.RESOURCE_EXHAUSTED" for code, _ in outcomes) >= 20
-        limiter = rt.app.dataplane._limiters[("fixed", "1")]
+        limiter = rt.app.dataplane._limiters[("fixed", "1")][1]
         assert (limiter.max_inflight, limiter.max_queued) == (2, 3)
     finally:
         rt.stop()
